@@ -1,0 +1,6 @@
+a{{ NOTHING }}b
+{% if true %}
+X
+{% endif %}
+
+

@@ -1,0 +1,2 @@
+# looks a value up as a key: the error would name the key
+x = '{{ {}[PASSSTU] }}'

@@ -1,0 +1,4 @@
+#!/bin/sh
+echo ok
+{% if STDID %}
+echo never closed

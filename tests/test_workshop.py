@@ -1,0 +1,558 @@
+"""Deploying a workshop into a student's home: rendering, copying, safety, caching, completion.
+
+The workshops used here live in tests/data/workshops/, one folder per case, named after what
+it shows; the shipped samples are templates/workshops/WKSHP-Sample and WKSHP-SampleReset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from wodmail.errors import StepFailed
+from wodmail.resources import product_path
+from wodmail.workshop import (
+    CompiledWorkshop,
+    Renderer,
+    completion_percentage,
+    content_name,
+)
+
+DATA = Path(__file__).parent / "data" / "workshops"
+SHIPPED = product_path("templates") / "workshops"
+
+PASSWORD = 'Pa"ss\\wo\nrd</script>-s3cr3t'
+"""A password as nasty as a generated one could ever be: quote, backslash, newline."""
+
+
+def variables(stdid: int = 12, /, **extra: object) -> dict[str, object]:
+    """The variables a CREATE gives the templates: student, mode, location keys."""
+    values: dict[str, object] = {
+        "STDID": stdid,
+        "STUDENT": f"student{stdid}",
+        "PASSSTU": PASSWORD,
+        "MODE": "WKSHP",
+        "WORKSHOP": "WKSHP-Sample",
+        "CHALLENGE": False,
+        "BRANDING": "HPE Developer Community",
+        "JPHOSTEXT": "nb3.example.com",
+        "JPHOST": "jupyter3.example.com",
+        "BASESTDID": 0,
+        "API-KEY": "key-with-dash",
+    }
+    values.update(extra)
+    return values
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An empty student home, as the skeleton reset leaves it."""
+    folder = tmp_path / "homes" / "student12"
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Callable[[str], Path]:
+    """Copy a fixture workshop into a catalog under tmp_path (to change it safely)."""
+
+    def copy(name: str) -> Path:
+        target = tmp_path / "catalog" / name
+        shutil.copytree(DATA / name, target, symlinks=True)
+        return target
+
+    return copy
+
+
+def deploy(workshop: str, home: Path, renderer: Renderer | None = None, **extra: object) -> Path:
+    compiled = (renderer or Renderer()).workshop(DATA / workshop)
+    dest = home / compiled.name
+    compiled.render_into(dest, variables(**extra))
+    return dest
+
+
+def cell_text(notebook: Path, index: int) -> str:
+    return "".join(json.loads(notebook.read_text(encoding="utf-8"))["cells"][index]["source"])
+
+
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under `folder`: file bytes, or None for a folder."""
+    return {
+        path.relative_to(folder).as_posix(): None if path.is_dir() else path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+# --------------------------------------------------------------------------- values in notebooks
+
+NASTY_VALUES = [
+    'say "hi"',
+    "back\\slash \\n \\u0041",
+    "line one\nline two\r\nline three",
+    "</script><script>alert('x')</script>",
+    "tab\tbell\x07nul\x00esc\x1b",
+    "Grüße, 日本語, emoji 🎉, separators \u2028\u2029",
+    '", "injected": "cell',
+    "{{ STDID }} {% raw %}",
+]
+
+
+@pytest.mark.parametrize("value", NASTY_VALUES)
+def test_any_value_keeps_the_notebook_valid_json_and_intact(home: Path, value: str) -> None:
+    dest = deploy("WKSHP-QuotedValues", home, VALUE=value)
+
+    notebook = dest / "1-Values.ipynb"
+    assert cell_text(notebook, 0) == f"The value is: {value}"
+    assert cell_text(notebook, 1) == f'value = "{value}"  # inside a code cell'
+
+
+def test_values_go_into_other_files_as_they_are(home: Path) -> None:
+    dest = deploy("WKSHP-QuotedValues", home, VALUE='a "quoted" \\ value')
+
+    assert (dest / "values.py").read_text() == "VALUE = '''a \"quoted\" \\ value'''\n"
+
+
+def test_ansible_template_behaviour_is_kept(home: Path) -> None:
+    # ansible-core 2.19's template module renders this file to exactly these bytes:
+    # trim_blocks, None as "", and the three trailing newlines of the source kept.
+    dest = deploy("WKSHP-AnsibleCompat", home, NOTHING=None)
+
+    assert (dest / "compat.sh").read_bytes() == b"ab\nX\n\n\n"
+
+
+# --------------------------------------------------------------------------- template errors
+
+
+def test_undefined_variable_names_file_line_and_variable(home: Path) -> None:
+    source = DATA / "WKSHP-UndefinedVariable" / "1-Intro.ipynb"
+    line = 1 + source.read_text().splitlines().index(
+        next(text for text in source.read_text().splitlines() if "{{ PASSSTU }}" in text)
+    )
+    compiled = Renderer().workshop(DATA / "WKSHP-UndefinedVariable")
+    values = variables()
+    del values["PASSSTU"]
+
+    with pytest.raises(StepFailed) as failure:
+        compiled.render_into(home / compiled.name, values)
+
+    assert str(failure.value) == (
+        f"WKSHP-UndefinedVariable/1-Intro.ipynb line {line}: undefined variable 'PASSSTU'"
+    )
+    assert failure.value.__cause__ is None and failure.value.__context__ is None
+    assert not (home / compiled.name).exists()
+
+
+def test_an_error_message_never_shows_a_value(home: Path) -> None:
+    compiled = Renderer().workshop(DATA / "WKSHP-ErrorHidesValues")
+
+    with pytest.raises(StepFailed) as failure:
+        compiled.render_into(home / compiled.name, variables())
+
+    message = str(failure.value)
+    assert message.startswith("WKSHP-ErrorHidesValues/leak.py line 2: ")
+    assert "<value of PASSSTU>" in message
+    assert "s3cr3t" not in message
+
+
+def test_optional_variables_may_be_left_undefined(home: Path) -> None:
+    dest = deploy("WKSHP-Hostvars", home, Renderer(optional_variables=["KIBANAPWD"]))
+
+    assert 'kibana: ""' in (dest / "config.yaml").read_text()
+
+
+def test_other_undefined_variables_are_errors_even_with_optional_ones(home: Path) -> None:
+    with pytest.raises(StepFailed, match=r"config.yaml line 4: undefined variable 'KIBANAPWD'"):
+        deploy("WKSHP-Hostvars", home, Renderer(optional_variables=["OTHER"]))
+
+
+def test_syntax_error_names_file_and_line() -> None:
+    with pytest.raises(StepFailed) as failure:
+        Renderer().workshop(DATA / "WKSHP-SyntaxError")
+
+    assert str(failure.value).startswith("WKSHP-SyntaxError/broken.sh line ")
+    assert "template syntax error" in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    ("workshop", "file"),
+    [
+        ("WKSHP-SandboxClassMro", "WKSHP-SandboxClassMro/escape.py line 1"),
+        ("WKSHP-SandboxCyclerGlobals", "WKSHP-SandboxCyclerGlobals/1-Escape.ipynb line "),
+    ],
+)
+def test_sandbox_escapes_are_refused_naming_the_file(home: Path, workshop: str, file: str) -> None:
+    compiled = Renderer().workshop(DATA / workshop)
+
+    with pytest.raises(StepFailed) as failure:
+        compiled.render_into(home / workshop, variables())
+
+    assert str(failure.value).startswith(file)
+    assert "refused by the template sandbox" in str(failure.value)
+    assert not (home / workshop).exists()
+
+
+def test_a_notebook_that_renders_to_invalid_json_is_refused(home: Path) -> None:
+    compiled = Renderer().workshop(DATA / "WKSHP-NotebookBrokenByTemplate")
+    dest = home / compiled.name
+    compiled.render_into(dest, variables(MODE="CHLG"))
+    before = tree(home)
+
+    with pytest.raises(StepFailed) as failure:
+        compiled.render_into(dest, variables(MODE="WKSHP"))
+
+    assert str(failure.value).startswith(
+        "WKSHP-NotebookBrokenByTemplate/1-Cells.ipynb: the rendered notebook is not valid JSON"
+    )
+    assert tree(home) == before
+
+
+def test_a_template_error_leaves_the_previous_deployment_untouched(
+    home: Path, catalog: Callable[[str], Path]
+) -> None:
+    content = catalog("WKSHP-QuotedValues")
+    renderer = Renderer(recheck_seconds=0)
+    renderer.workshop(content).render_into(home / content.name, variables(VALUE="first"))
+    before = tree(home)
+    (content / "values.py").write_text("VALUE = '{{ NOT_DEFINED }}'\n")
+
+    with pytest.raises(StepFailed, match="undefined variable 'NOT_DEFINED'"):
+        renderer.workshop(content).render_into(home / content.name, variables(VALUE="second"))
+
+    assert tree(home) == before
+
+
+# --------------------------------------------------------------------------- Jinja features
+
+
+def test_raw_blocks_and_literal_braces_work(home: Path) -> None:
+    dest = deploy("WKSHP-RawAndLiteralBraces", home)
+
+    notebook = dest / "1-Jinja.ipynb"
+    assert cell_text(notebook, 0) == (
+        "Jinja writes {{ name }} and {% for x in y %}.\nStill raw: {{ other }}"
+    )
+    assert cell_text(notebook, 1) == 'template = "Hello {{ name }}"\nstudent = "student12"'
+    # as Ansible does: trim_blocks drops the newline after {% endraw %}, not after {% raw %}
+    assert (dest / "jinja.py").read_text() == "\nT = '{{ name }}'\nL = '{{ x }}'\nS = 12\n"
+
+
+def test_hostvars_of_inventory_hostname_are_the_variables(home: Path) -> None:
+    dest = deploy("WKSHP-Hostvars", home, KIBANAPWD="kibana")
+
+    assert (dest / "config.yaml").read_text() == (
+        'host: localhost\napi_key: "key-with-dash"\nstudent: student12\nkibana: "kibana"\n'
+    )
+
+
+# --------------------------------------------------------------------------- copying
+
+
+def test_binary_files_are_copied_byte_for_byte_with_their_folders_and_modes(home: Path) -> None:
+    source = DATA / "WKSHP-BinaryAndCheckpoints"
+    dest = deploy("WKSHP-BinaryAndCheckpoints", home)
+
+    for relative in ("data/all-bytes.bin", "data/windows.txt", "nested/deeper/notes.md"):
+        assert (dest / relative).read_bytes() == (source / relative).read_bytes()
+        assert not (dest / relative).is_symlink()
+    for relative in ("data/all-bytes.bin", "tools/run.sh", "1-Notebook.ipynb"):
+        assert stat.S_IMODE((dest / relative).stat().st_mode) == stat.S_IMODE(
+            (source / relative).stat().st_mode
+        )
+    assert (dest / "tools" / "run.sh").read_text() == "#!/bin/sh\necho student12\n"
+
+
+def test_checkpoints_and_metadata_are_never_deployed(home: Path) -> None:
+    compiled = Renderer().workshop(DATA / "WKSHP-BinaryAndCheckpoints")
+    dest = home / compiled.name
+
+    written = compiled.render_into(dest, variables())
+
+    assert compiled.notebooks == (Path("1-Notebook.ipynb"),)
+    assert sorted(tree(dest)) == [
+        "1-Notebook.ipynb",
+        "data",
+        "data/all-bytes.bin",
+        "data/windows.txt",
+        "nested",
+        "nested/deeper",
+        "nested/deeper/notes.md",
+        "tools",
+        "tools/run.sh",
+    ]
+    assert written == 5 == compiled.file_count
+
+
+def test_render_again_converges_and_removes_old_files(home: Path) -> None:
+    compiled = Renderer().workshop(DATA / "WKSHP-BinaryAndCheckpoints")
+    dest = home / compiled.name
+    compiled.render_into(dest, variables())
+    first = tree(dest)
+    (dest / "student-work.ipynb").write_text("{}")
+    (dest / "data" / "all-bytes.bin").write_bytes(b"changed by the student")
+    (dest / "nested" / "deeper").chmod(0o500)
+    (home / f".{compiled.name}.wodmail-new-0000").mkdir()  # left by a crash
+
+    compiled.render_into(dest, variables())
+    compiled.render_into(dest, variables())
+
+    assert tree(dest) == first
+    assert sorted(p.name for p in home.iterdir()) == [compiled.name]
+
+
+def test_owner_is_given_every_file_and_folder(home: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("changing owners needs root")
+    compiled = Renderer().workshop(DATA / "WKSHP-BinaryAndCheckpoints")
+    dest = home / compiled.name
+
+    compiled.render_into(dest, variables(), owner=(4242, 4343))
+
+    for path in [dest, *dest.rglob("*")]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4343)
+
+
+# --------------------------------------------------------------------------- symlinks
+
+
+def test_symlink_pointing_outside_the_workshop_is_refused(
+    tmp_path: Path, home: Path, catalog: Callable[[str], Path]
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for students")
+    content = catalog("WKSHP-QuotedValues")
+    (content / "data").mkdir()
+    (content / "data" / "leak.txt").symlink_to(secret)
+
+    with pytest.raises(StepFailed) as failure:
+        Renderer().workshop(content)
+
+    assert str(failure.value) == (
+        "WKSHP-QuotedValues/data/leak.txt: symbolic link points outside the workshop folder"
+    )
+    assert list(home.iterdir()) == []
+
+
+def test_symlink_inside_the_workshop_is_copied_as_a_file(
+    home: Path, catalog: Callable[[str], Path]
+) -> None:
+    content = catalog("WKSHP-QuotedValues")
+    (content / "same-values.py").symlink_to("values.py")
+    (content / "loop").symlink_to(".")
+
+    with pytest.raises(StepFailed, match="WKSHP-QuotedValues/loop: symbolic link loop"):
+        Renderer().workshop(content)
+
+    (content / "loop").unlink()
+    compiled = Renderer().workshop(content)
+    dest = home / content.name
+    compiled.render_into(dest, variables(VALUE="v"))
+    assert not (dest / "same-values.py").is_symlink()
+    assert (dest / "same-values.py").read_text() == "VALUE = '''v'''\n"
+
+
+def test_dest_that_is_a_symlink_is_refused(tmp_path: Path, home: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (home / "WKSHP-QuotedValues").symlink_to(elsewhere)
+    compiled = Renderer().workshop(DATA / "WKSHP-QuotedValues")
+
+    with pytest.raises(StepFailed, match="is a symbolic link"):
+        compiled.render_into(home / "WKSHP-QuotedValues", variables(VALUE="v"))
+
+    assert list(elsewhere.iterdir()) == []
+    assert (home / "WKSHP-QuotedValues").is_symlink()
+
+
+def test_dest_whose_parent_is_a_symlink_is_refused(tmp_path: Path, home: Path) -> None:
+    link = tmp_path / "homes" / "student13"
+    link.symlink_to(home)
+    compiled = Renderer().workshop(DATA / "WKSHP-QuotedValues")
+
+    with pytest.raises(StepFailed, match="student13 is a symbolic link"):
+        compiled.render_into(link / "WKSHP-QuotedValues", variables(VALUE="v"))
+
+    assert list(home.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- caching
+
+
+def test_templates_are_compiled_once_and_reused_for_every_student(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiles: list[str | None] = []
+    original = ImmutableSandboxedEnvironment.compile
+
+    def counting_compile(self: Any, *args: Any, **kw: Any) -> Any:
+        compiles.append(str(kw.get("name")))
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(ImmutableSandboxedEnvironment, "compile", counting_compile)
+    renderer = Renderer()
+    compiled = renderer.workshop(SHIPPED / "WKSHP-Sample")
+    templates = dict(compiled.templates)
+    assert len(compiles) == len(templates) == 4
+
+    for stdid in (12, 13, 14):
+        (home.parent / f"student{stdid}").mkdir(exist_ok=True)
+        again = renderer.workshop(SHIPPED / "WKSHP-Sample")
+        again.render_into(home.parent / f"student{stdid}" / "WKSHP-Sample", variables(stdid))
+        assert again is compiled
+        assert all(again.templates[path] is template for path, template in templates.items())
+
+    assert len(compiles) == 4
+
+
+def test_a_change_in_the_catalog_is_picked_up_at_most_once_a_second(
+    home: Path, catalog: Callable[[str], Path]
+) -> None:
+    now = [1000.0]
+    renderer = Renderer(clock=lambda: now[0])
+    content = catalog("WKSHP-QuotedValues")
+    first = renderer.workshop(content)
+    source = content / "values.py"
+    source.write_text("VALUE = 'new: {{ VALUE }}'\n")
+    later = source.stat().st_mtime + 10
+    os.utime(source, (later, later))
+
+    now[0] += 0.5
+    assert renderer.workshop(content) is first  # not looked at again within the second
+
+    now[0] += 0.6
+    second = renderer.workshop(content)
+    assert second is not first
+    second.render_into(home / content.name, variables(VALUE="v"))
+    assert (home / content.name / "values.py").read_text() == "VALUE = 'new: v'\n"
+
+    now[0] += 1.1
+    assert renderer.workshop(content) is second  # nothing changed: kept
+    (content / "extra.txt").write_text("a new file")
+    now[0] += 1.1
+    third = renderer.workshop(content)
+    assert third is not second
+    assert Path("extra.txt") in third.copied
+
+
+def test_a_catalog_switched_by_a_symlink_is_picked_up(
+    tmp_path: Path, home: Path, catalog: Callable[[str], Path]
+) -> None:
+    release = catalog("WKSHP-QuotedValues")
+    other = tmp_path / "release-2" / "WKSHP-QuotedValues"
+    shutil.copytree(release, other)
+    (other / "values.py").write_text("VALUE = 'release 2'\n")
+    current = tmp_path / "current"
+    current.symlink_to(release.parent)
+    renderer = Renderer(recheck_seconds=0)
+    first = renderer.workshop(current / "WKSHP-QuotedValues")
+
+    current.unlink()
+    current.symlink_to(other.parent)
+
+    second = renderer.workshop(current / "WKSHP-QuotedValues")
+    assert second is not first
+    second.render_into(home / "WKSHP-QuotedValues", variables(VALUE="v"))
+    assert (home / "WKSHP-QuotedValues" / "values.py").read_text() == "VALUE = 'release 2'\n"
+
+
+# --------------------------------------------------------------------------- completion
+
+
+def test_completion_percentage_counts_executed_code_cells() -> None:
+    deployed = DATA / "WKSHP-HalfDone"
+    notebooks = [
+        Path("1-Done.ipynb"),  # 3 of 3 code cells executed
+        Path("2-Partly.ipynb"),  # 1 of 4
+        Path("3-Truncated.ipynb"),  # not valid JSON: its 2 code cells count, not executed
+        Path("sub/4-OnlyMarkdown.ipynb"),  # no code cell
+        Path("5-DeletedByStudent.ipynb"),  # missing: skipped
+    ]
+
+    assert completion_percentage(deployed, notebooks) == (3 + 1 + 0) * 100 // (3 + 4 + 2)
+    assert completion_percentage(deployed, notebooks[:1]) == 100
+    assert completion_percentage(deployed, notebooks[3:]) == 0
+    assert completion_percentage(deployed, []) == 0
+
+
+def test_completion_percentage_does_not_follow_symlinks(tmp_path: Path) -> None:
+    deployed = tmp_path / "WKSHP-HalfDone"
+    shutil.copytree(DATA / "WKSHP-HalfDone", deployed)
+    (deployed / "2-Partly.ipynb").unlink()
+    (deployed / "2-Partly.ipynb").symlink_to(DATA / "WKSHP-HalfDone" / "1-Done.ipynb")
+    os.mkfifo(deployed / "6-Fifo.ipynb")
+
+    notebooks = [Path("1-Done.ipynb"), Path("2-Partly.ipynb"), Path("6-Fifo.ipynb")]
+    assert completion_percentage(deployed, notebooks) == 100
+
+
+# --------------------------------------------------------------------------- shipped samples
+
+
+@pytest.mark.parametrize("mode", ["WKSHP", "CHLG"])
+def test_shipped_sample_workshops_render_to_valid_notebooks(home: Path, mode: str) -> None:
+    renderer = Renderer()
+    for name in ("WKSHP-Sample", "WKSHP-SampleReset"):
+        compiled = renderer.workshop(SHIPPED / name)
+        dest = home / name
+        workshop = name.replace("WKSHP-", f"{mode}-")
+        count = compiled.render_into(dest, variables(MODE=mode, WORKSHOP=workshop))
+
+        assert count == compiled.file_count
+        assert compiled.notebooks
+        for notebook in compiled.notebooks:
+            document = json.loads((dest / notebook).read_text(encoding="utf-8"))
+            assert document["nbformat"] == 4
+            text = json.dumps(document, ensure_ascii=False)
+            assert "{{" not in text and "{%" not in text
+        assert not (dest / "wod.yml").exists()
+        assert completion_percentage(dest, compiled.notebooks) == 0
+
+    sample = home / "WKSHP-Sample"
+    assert PASSWORD in cell_text(sample / "1-Python101.ipynb", 0)
+    assert "student12" in cell_text(sample / "0-ReadMeFirst.ipynb", 0)
+    assert "HPE Developer Community" in cell_text(sample / "0-ReadMeFirst.ipynb", 0)
+    assert "nb3.example.com" in cell_text(sample / "0-ReadMeFirst.ipynb", 0)
+    assert ("challenge" in cell_text(sample / "2-Files.ipynb", 0)) == (mode == "CHLG")
+    assert (sample / "pictures" / "logo.png").read_bytes() == (
+        SHIPPED / "WKSHP-Sample" / "pictures" / "logo.png"
+    ).read_bytes()
+    assert (sample / "pictures" / "logo.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "student12" in (sample / "setup.sh").read_text()
+    assert os.access(sample / "setup.sh", os.X_OK)
+
+
+def test_shipped_samples_are_valid_json_before_rendering() -> None:
+    for notebook in SHIPPED.glob("*/*.ipynb"):
+        assert json.loads(notebook.read_text(encoding="utf-8"))["nbformat"] == 4, notebook
+
+
+def test_a_challenge_deploys_the_workshop_content() -> None:
+    assert content_name("CHLG-Sample") == "WKSHP-Sample"
+    assert content_name("WKSHP-Sample") == "WKSHP-Sample"
+
+
+def test_compiled_workshop_describes_its_content() -> None:
+    compiled = Renderer().workshop(SHIPPED / "WKSHP-Sample")
+
+    assert isinstance(compiled, CompiledWorkshop)
+    assert compiled.name == "WKSHP-Sample"
+    assert compiled.root == (SHIPPED / "WKSHP-Sample").absolute()
+    assert compiled.notebooks == (
+        Path("0-ReadMeFirst.ipynb"),
+        Path("1-Python101.ipynb"),
+        Path("2-Files.ipynb"),
+    )
+    assert compiled.copied == (Path("data/sample.csv"), Path("pictures/logo.png"))
+    assert set(compiled.templates) == {*compiled.notebooks, Path("setup.sh")}
+
+
+def test_missing_workshop_folder_is_a_step_failure(tmp_path: Path) -> None:
+    with pytest.raises(StepFailed, match="WKSHP-Nowhere: the workshop folder .* is missing"):
+        Renderer().workshop(tmp_path / "WKSHP-Nowhere")

@@ -1,0 +1,35 @@
+"""CREATE: give a registered person a fresh student account with the workshop deployed."""
+
+from __future__ import annotations
+
+from wodmail import regapp
+from wodmail.services import JobRun, Services
+
+name = "CREATE"
+argument_description = "<stdid> <customer-id> [<customer-email>]; body: the workshop"
+description = (
+    "Set a new password, reset the home, deploy the workshop with the student's values, run its create"
+    " hook, report the password and activate the customer, start the student's JupyterHub server."
+)
+
+
+async def run(job: JobRun, services: Services) -> str:
+    command = job.command
+    stdid = command.stdid
+    workshop = services.workshop_of(command)
+    password = job.password(command.student_name)
+    variables = services.template_variables(command, workshop, stdid, password)
+
+    await job.step("set password", services.set_password, stdid, workshop, password)
+    await job.step("reset home", services.homes.reset, stdid)
+    files = await job.step("deploy workshop", services.deploy, stdid, workshop, variables)
+    await job.step("create hook", services.run_hook, job, workshop, "create", variables)
+    await job.callbacks(
+        "report to registration app",
+        services,
+        regapp.student_password(services.dbid(stdid), command.student_name),
+        regapp.customer(command.customer, active="true"),
+    )
+    if services.hub is not None:
+        await job.step("start JupyterHub server", services.hub.start, command.student_name)
+    return f"{workshop.name} deployed for {command.student_name} ({files} files)"

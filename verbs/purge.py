@@ -1,0 +1,32 @@
+"""PURGE: take a student away from whoever had it, whatever state it is in."""
+
+from __future__ import annotations
+
+from wodmail import regapp
+from wodmail.services import JobRun, Services
+
+name = "PURGE"
+argument_description = "<stdid> <customer-id>; body: the workshop (optional)"
+description = (
+    "Stop the JupyterHub server, rotate the password, unassign the student and report the new"
+    " password, erase the home, end the processes."
+)
+
+
+async def run(job: JobRun, services: Services) -> str:
+    command = job.command
+    stdid = command.stdid
+    workshop = services.workshop_of(command) if command.workshop else None
+    password = job.password(command.student_name)
+
+    if services.hub is not None:
+        await job.step("stop JupyterHub server", services.hub.stop, command.student_name)
+    await job.step("rotate password", services.set_password, stdid, workshop, password)
+    await job.callbacks(
+        "release student",
+        services,
+        regapp.student_password(services.dbid(stdid), command.student_name, assigned="false"),
+    )
+    await job.step("erase home", services.homes.reset, stdid)
+    await job.step("end processes", services.homes.end_processes, stdid)
+    return f"{command.student_name} purged"

@@ -1,0 +1,48 @@
+"""RESET: bring the students of a reset workshop back to a clean state, one or a range."""
+
+from __future__ import annotations
+
+from wodmail import regapp
+from wodmail.errors import StepFailed
+from wodmail.services import JobRun, Services
+
+name = "RESET"
+argument_description = "<stdid>|<min>,<max> <customer-id>; body: the workshop (a reset workshop)"
+description = (
+    "For each student: rotate the password; then run the workshop's reset hook (required); then for"
+    " each student: unassign, erase the home, end the processes; a range also sets the workshop's"
+    " capacity back to the range's size."
+)
+
+
+async def run(job: JobRun, services: Services) -> str:
+    command = job.command
+    workshop = services.workshop_of(command)
+    if not workshop.reset:
+        # Intake refuses this; the workshops file may have changed since the mail was taken.
+        raise StepFailed(f"RESET refused: {workshop.name} is not a reset workshop")
+    if "reset" not in workshop.hooks:
+        raise StepFailed(f"RESET of {workshop.name} needs a reset hook and the workshop has none")
+
+    for stdid in command.students:
+        password = job.password(f"student{stdid}")
+        await job.step(f"rotate password student{stdid}", services.set_password, stdid, workshop, password)
+
+    variables = services.template_variables(command, workshop, command.stdid, job.password(command.student_name))
+    variables.update(STDIDMIN=command.stdid, STDIDMAX=command.last_stdid)
+    await job.step("reset hook", services.run_hook, job, workshop, "reset", variables)
+
+    for stdid in command.students:
+        await job.callbacks(f"release student{stdid}", services, regapp.student(services.dbid(stdid), assigned="false"))
+        await job.step(f"erase home student{stdid}", services.homes.reset, stdid)
+        await job.step(f"end processes student{stdid}", services.homes.end_processes, stdid)
+
+    if command.is_range:
+        capacity = command.last_stdid - command.stdid + 1
+        workshop_id = workshop.app_id
+        if workshop_id is None:
+            workshop_id = await job.step("find workshop id", services.find_workshop_id, workshop)
+        await job.callbacks("reset capacity", services, regapp.workshop(workshop_id, capacity=str(capacity)))
+    count = len(command.students)
+    return f"{count} student(s) of {workshop.name} reset"
+

@@ -1,0 +1,7 @@
+"""`python -m wodmail` is the `wodmail` command."""
+
+import sys
+
+from wodmail.cli import main
+
+sys.exit(main())

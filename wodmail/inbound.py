@@ -1,0 +1,44 @@
+"""What the doors hand to the intake, and what the intake answers.
+
+All three doors (the standard SMTP listener, the legacy listener and `wodmail deliver`)
+build an `InboundMail` and get a `Reply` from the one intake path: parse, check the
+sender, commit, answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class InboundMail:
+    door: str
+    """'smtp', 'legacy' or 'deliver'."""
+    peer: str | None
+    """The client's IP address; None for `deliver` (a local pipe)."""
+    mail_from: str
+    """The envelope sender as given (may be empty)."""
+    data: bytes
+    """The message: headers and body, line endings as received, dot-unstuffed."""
+    rcpt_tos: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.code} {self.text}"
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
+
+class Intake(Protocol):
+    async def submit(self, mail: InboundMail) -> Reply:
+        """Parse, authenticate and durably commit `mail`; answer only once that is done."""
+        ...

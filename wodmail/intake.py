@@ -1,0 +1,117 @@
+"""The one path every mail takes, whichever door it came in by: check, parse, commit, answer.
+
+No real work happens here: a command is accepted (250 / exit 0) once it is committed to
+the queue, refused (5xx / 65 / 77) with the exact reason and a record the operator can
+read, or answered 451 / 75 when the commit itself failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from wodmail import queue
+from wodmail.command import Command, parse_command
+from wodmail.errors import BadCommand, NotPermitted, Refusal, TryLater
+from wodmail.inbound import InboundMail, Reply
+from wodmail.location import Location
+
+log = logging.getLogger(__name__)
+
+
+class CommandIntake:
+    """Accepts command mails into the queue for one location."""
+
+    def __init__(
+        self,
+        location: Location,
+        writer: queue.Writer,
+        on_enqueued: Callable[[int], None] | None = None,
+    ) -> None:
+        self.location = location
+        self.writer = writer
+        self.on_enqueued = on_enqueued
+
+    async def submit(self, mail: InboundMail) -> Reply:
+        try:
+            command = self.check(mail)
+        except Refusal as refusal:
+            return await self._refuse(mail, refusal.smtp_code, refusal.reason)
+        try:
+            enqueued = await self.writer.run(queue.enqueue(command, mail))
+        except TryLater as exc:
+            log.warning("could not commit a %s command from %s: %s", command.verb, mail.peer or "local", exc)
+            return Reply(451, "the command could not be stored: try again later")
+        if enqueued.duplicate:
+            log.info("job %d: %s from %s is a copy, not queued again", enqueued.job_id, command.verb, mail.peer)
+            return Reply(250, f"already have this command as job {enqueued.job_id}")
+        if self.on_enqueued is not None:
+            self.on_enqueued(enqueued.job_id)
+        return Reply(250, f"queued as job {enqueued.job_id}")
+
+    async def record_incomplete(self, mail: InboundMail, reason: str) -> None:
+        """A mail cut off before its end (legacy door): not a command, but kept for the operator."""
+        await self._refuse(mail, 451, reason)
+
+    async def _refuse(self, mail: InboundMail, code: int, reason: str) -> Reply:
+        log.info("refused a mail from %s on %s: %d %s", mail.peer or "local pipe", mail.door, code, reason)
+        try:
+            await self.writer.run(queue.record_refusal(mail, code, reason))
+        except TryLater:
+            # Refusing without a record would lose the mail: let the sender keep it instead.
+            return Reply(451, "the refusal could not be recorded: try again later")
+        return Reply(code, reason)
+
+    def check(self, mail: InboundMail) -> Command:
+        """Authorise, parse and validate; raise a `Refusal` that says what was wrong."""
+        auth = self.authorise(mail)
+        if len(mail.data) > self.location.max_message_size:
+            raise BadCommand(
+                f"the mail is {len(mail.data)} bytes, more than the {self.location.max_message_size}"
+                " a command may have"
+            )
+        command = parse_command(mail.data).with_auth(auth)
+        self.validate(command)
+        return command
+
+    def authorise(self, mail: InboundMail) -> str:
+        """Who may send unsigned commands, per door; returns how the sender was trusted."""
+        location = self.location
+        if mail.door == "legacy":
+            if mail.peer is None or not location.peer_is_legacy(mail.peer):
+                raise NotPermitted(f"{mail.peer} may not send commands on the legacy port (not in LEGACYPEERS)")
+            return f"legacy peer {mail.peer}"
+        if mail.door == "deliver":
+            if not location.trust_local:
+                raise NotPermitted("unsigned commands from the local pipe are not allowed (TRUSTEDPEERS lacks 'local')")
+            where = "local pipe"
+        else:
+            if mail.peer is None or not location.peer_is_trusted(mail.peer):
+                raise NotPermitted(f"{mail.peer} may not send unsigned commands (not in TRUSTEDPEERS)")
+            where = f"trusted peer {mail.peer}"
+        if not location.sender_is_trusted(mail.mail_from):
+            shown = mail.mail_from[:80] or "<>"
+            raise NotPermitted(f"sender {shown} may not send unsigned commands (not in TRUSTEDSENDERS)")
+        return where
+
+    def validate(self, command: Command) -> None:
+        """The command against this location: its workshop, its students' ranges, its verb."""
+        location = self.location
+        for stdid in {command.stdid, command.last_stdid}:
+            if not location.student_min <= stdid <= location.student_max:
+                raise BadCommand(
+                    f"student {stdid} is outside this location's range"
+                    f" {location.student_min}..{location.student_max}"
+                )
+        if command.workshop is None:
+            return
+        workshop = location.workshop(command.workshop)
+        if workshop is None:
+            raise BadCommand(f"unknown workshop {command.workshop!r} on location {location.name}")
+        for stdid in {command.stdid, command.last_stdid}:
+            if not workshop.holds(stdid):
+                raise BadCommand(
+                    f"student {stdid} is outside {workshop.name}'s booked range {workshop.first}..{workshop.last}"
+                )
+        if command.verb == "RESET" and not workshop.reset:
+            raise BadCommand(f"RESET refused: {workshop.name} is not a reset workshop")

@@ -1,0 +1,207 @@
+"""What a verb may use: the services object, and the run of one job.
+
+Verbs never import httpx, ldap3 or subprocess. They get a `JobRun` (their command, their
+password, their steps) and the `Services` of the host (homes, workshop renderer,
+playbooks, JupyterHub, the registration app's callbacks), each doing its own I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from wodmail import queue
+from wodmail.command import Command
+from wodmail.errors import StepFailed, WodmailError
+from wodmail.homes import Homes
+from wodmail.hub import Hub
+from wodmail.location import Location, Workshop
+from wodmail.passwords import PasswordMint
+from wodmail.playbooks import Playbooks
+from wodmail.queue import Callback, Job
+from wodmail.regapp import RegistrationApp
+from wodmail.workshop import Renderer
+
+log = logging.getLogger(__name__)
+
+
+class Directory(Protocol):
+    """The student directory (LDAP): set a student's password, replacing the old one."""
+
+    async def set_student_password(self, stdid: int, password: str) -> str: ...
+
+
+@dataclass
+class Services:
+    location: Location
+    homes: Homes
+    renderer: Renderer
+    playbooks: Playbooks
+    hub: Hub | None = None
+    app: RegistrationApp | None = None
+    directory: Directory | None = None
+
+    @property
+    def callbacks_enabled(self) -> bool:
+        return self.location.api_endpoint is not None
+
+    def workshop_of(self, command: Command) -> Workshop:
+        if command.workshop is None:
+            raise StepFailed(f"{command.verb} needs a workshop")
+        workshop = self.location.workshop(command.workshop)
+        if workshop is None:
+            raise StepFailed(f"workshop {command.workshop} is no longer configured on {self.location.name}")
+        return workshop
+
+    def dbid(self, stdid: int) -> int:
+        """The registration app's student id: stdid + BASESTDID."""
+        return stdid + self.location.base_stdid
+
+    def template_variables(self, command: Command, workshop: Workshop, stdid: int, password: str) -> dict[str, Any]:
+        """What a workshop's templates and hooks see for one student."""
+        location = self.location
+        variables: dict[str, Any] = dict(location.template_variables())
+        # The folders as wodmail resolved them (the file may give them relative or with ~).
+        variables.update(
+            STATEDIR=str(location.state_dir),
+            STUDENTDIR=str(location.student_dir),
+            WORKSHOPDIR=str(location.workshop_dir),
+            PLAYBOOKDIR=str(location.playbook_dir),
+        )
+        variables.update(workshop.variables)
+        variables.update(
+            STDID=stdid,
+            STUDENT=f"student{stdid}",
+            MODE=workshop.mode,
+            MODEWS=workshop.mode,
+            WORKSHOP=workshop.content_name,
+            CHALLENGE=workshop.name,
+            CUSTOMER=command.customer,
+        )
+        if workshop.varpass or workshop.ldap:
+            variables["PASSSTU"] = password
+        return variables
+
+    def deploy(self, stdid: int, workshop: Workshop, variables: dict[str, Any]) -> int:
+        """Render `workshop` into student{stdid}'s home; returns the number of files written."""
+        compiled = self.renderer.workshop(workshop.content)
+        return compiled.render_into(self.homes.home(stdid) / workshop.content_name, variables)
+
+    def completion(self, stdid: int, workshop: Workshop) -> int:
+        from wodmail.workshop import completion_percentage
+
+        compiled = self.renderer.workshop(workshop.content)
+        return completion_percentage(self.homes.home(stdid) / workshop.content_name, compiled.notebooks)
+
+    async def set_password(self, stdid: int, workshop: Workshop | None, password: str) -> str:
+        """Replace student{stdid}'s password where this location keeps it."""
+        if workshop is not None and workshop.ldap:
+            if self.directory is None:
+                raise StepFailed(f"{workshop.name} needs LDAP but this location has no LDAP directory")
+            return await self.directory.set_student_password(stdid, password)
+        return "no directory for this workshop"
+
+    async def find_workshop_id(self, workshop: Workshop) -> int:
+        """The registration app's id of `workshop` (its notebook name), from GET /workshops."""
+        if self.app is None:
+            raise StepFailed(f"{workshop.name} has no `id` in the workshops file and APIENDPOINT is not set")
+        for item in await self.app.workshops():
+            if item.get("notebook") == workshop.name and isinstance(item.get("id"), int):
+                return int(item["id"])
+        raise StepFailed(f"the registration app lists no workshop with notebook {workshop.name}")
+
+    async def run_hook(self, job: JobRun, workshop: Workshop, hook: str, variables: dict[str, Any]) -> str:
+        path = workshop.hooks.get(hook)
+        if path is None:
+            return f"no {hook} hook"
+        secrets = [str(variables["PASSSTU"])] if "PASSSTU" in variables else []
+        return await self.playbooks.run(path, variables, tag=f"job{job.id}-{hook}", secrets=secrets)
+
+
+class JobRun:
+    """One run of one job: its command, its passwords, and its steps, each done once.
+
+    A step that finished in an earlier run of the same job (before a crash, or before a
+    transient failure) is not done again: `step` returns the result it recorded then.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        done: dict[str, Any],
+        writer: queue.Writer,
+        mint: PasswordMint,
+        on_callbacks: Callable[[], None] | None = None,
+    ) -> None:
+        self.job = job
+        self.command = job.command
+        self._done = done
+        self._writer = writer
+        self._mint = mint
+        self._on_callbacks = on_callbacks
+        self.steps_run: list[str] = []
+
+    @property
+    def id(self) -> int:
+        return self.job.id
+
+    def password(self, name: str) -> str:
+        """The job's password called `name`; the same in every run of this job."""
+        return self._mint.password(self.job.id, name)
+
+    async def step(self, name: str, action: Callable[..., Any], *args: Any) -> Any:
+        """Run `action(*args)` once for this job (a plain function runs in a worker thread)."""
+        if name in self._done:
+            return self._done[name]
+        started = time.time()
+        try:
+            if inspect.iscoroutinefunction(action):
+                result = await action(*args)
+            else:
+                result = await asyncio.to_thread(action, *args)
+                if inspect.isawaitable(result):
+                    result = await result
+        except WodmailError as exc:
+            await self._writer.run(queue.step_failed(self.job.id, name, started, str(exc)))
+            raise
+        except Exception as exc:
+            await self._writer.run(
+                queue.step_failed(self.job.id, name, started, f"internal error: {type(exc).__name__}: {exc}")
+            )
+            raise
+        await self._writer.run(queue.step_done(self.job.id, self.command.stdid, name, started, result))
+        self._done[name] = result
+        self.steps_run.append(name)
+        return result
+
+    async def callbacks(self, name: str, services: Services, *callbacks: Callback) -> None:
+        """Queue callbacks to the registration app, exactly once, as one step."""
+        if name in self._done:
+            return
+        if not services.callbacks_enabled:
+            await self._record(name, "APIENDPOINT not set: not sent", ())
+            return
+        await self._record(name, f"{len(callbacks)} queued", callbacks)
+        if self._on_callbacks is not None:
+            self._on_callbacks()
+
+    async def _record(self, name: str, result: str, callbacks: tuple[Callback, ...]) -> None:
+        started = time.time()
+        await self._writer.run(queue.step_done(self.job.id, self.command.stdid, name, started, result, callbacks))
+        self._done[name] = result
+        self.steps_run.append(name)
+
+
+class Verb(Protocol):
+    """The contract of every module in verbs/."""
+
+    name: str
+    argument_description: str
+    description: str
+
+    def run(self, job: JobRun, services: Services) -> Awaitable[str]: ...

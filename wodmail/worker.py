@@ -1,0 +1,212 @@
+"""Running jobs: one at a time per student, in arrival order; different students in parallel.
+
+The `Scheduler` keeps, for every student, the queue of that student's open jobs (a RESET
+range is in the queue of each of its students). A job may run when it heads the queue of
+every student it touches and is due. The `Worker` takes such jobs, at most WORKERS at
+once, runs each through its verb, and records how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from wodmail import queue
+from wodmail.errors import StepFailed, TransientError
+from wodmail.passwords import PasswordMint
+from wodmail.queue import Job
+from wodmail.services import JobRun, Services, Verb
+
+log = logging.getLogger(__name__)
+
+#: How often the worker looks for jobs that another process (`wodmail deliver`) queued.
+POLL_INTERVAL = 1.0
+#: How often it also looks for old jobs queued again (`wodmail retry`).
+RESCAN_INTERVAL = 5.0
+
+
+class Scheduler:
+    """Which open job may run next: per-student order, nothing twice at once."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, Job] = {}
+        self.lines: dict[int, deque[int]] = {}
+        self.running: set[int] = set()
+        self.highest = 0
+        self.removed_since_scan: set[int] = set()
+
+    def add(self, job: Job) -> None:
+        if job.id in self.jobs:
+            return
+        self.jobs[job.id] = job
+        self.highest = max(self.highest, job.id)
+        for stdid in job.command.students:
+            self.lines.setdefault(stdid, deque()).append(job.id)
+
+    def update(self, job: Job) -> None:
+        """Replace a job's record (e.g. its new not_before after a transient failure)."""
+        self.jobs[job.id] = job
+
+    def remove(self, job_id: int) -> None:
+        job = self.jobs.pop(job_id)
+        self.running.discard(job_id)
+        self.removed_since_scan.add(job_id)
+        for stdid in job.command.students:
+            line = self.lines[stdid]
+            line.remove(job_id)
+            if not line:
+                del self.lines[stdid]
+
+    def ready(self, now: float) -> tuple[list[Job], float | None]:
+        """Jobs that may start now, and when the next postponed one becomes due (if any)."""
+        heads: set[int] = {line[0] for line in self.lines.values()}
+        startable: list[Job] = []
+        next_due: float | None = None
+        for job_id in sorted(heads - self.running):
+            job = self.jobs[job_id]
+            if any(self.lines[s][0] != job_id for s in job.command.students):
+                continue
+            if job.not_before > now:
+                next_due = job.not_before if next_due is None else min(next_due, job.not_before)
+                continue
+            startable.append(job)
+        return startable, next_due
+
+
+class Worker:
+    def __init__(
+        self,
+        db_path: Path,
+        writer: queue.Writer,
+        services: Services,
+        verbs: Mapping[str, Verb],
+        mint: PasswordMint,
+        *,
+        concurrency: int,
+        retry_for: float,
+        on_callbacks: Callable[[], None] | None = None,
+    ) -> None:
+        self._reader = queue.connect(db_path)
+        self._writer = writer
+        self._services = services
+        self._verbs = verbs
+        self._mint = mint
+        self._concurrency = concurrency
+        self._retry_for = retry_for
+        self._on_callbacks = on_callbacks
+        self.scheduler = Scheduler()
+        self._wake = asyncio.Event()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._stopping = False
+        self.finished = 0
+
+    def wake(self, _job_id: int | None = None) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Take and run jobs until `stop` is called."""
+        last_scan = 0.0
+        while not self._stopping:
+            self._wake.clear()
+            now = time.time()
+            if now - last_scan >= RESCAN_INTERVAL:
+                await self._load(rescan=True)
+                last_scan = now
+            else:
+                # Every wake may mean a new job; the query only reads ids above the highest seen.
+                await self._load(rescan=False)
+            startable, next_due = self.scheduler.ready(now)
+            for job in startable:
+                if len(self._tasks) >= self._concurrency:
+                    break
+                self.scheduler.running.add(job.id)
+                self._tasks[job.id] = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
+            timeout = POLL_INTERVAL if next_due is None else max(0.0, min(POLL_INTERVAL, next_due - now))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            except TimeoutError:
+                pass
+
+    async def _load(self, rescan: bool) -> None:
+        scheduler = self.scheduler
+        if rescan:
+            scheduler.removed_since_scan.clear()
+        try:
+            jobs = await asyncio.to_thread(queue.open_jobs, self._reader, 0 if rescan else scheduler.highest)
+        except sqlite3.Error as exc:
+            log.warning("cannot read the queue: %s", exc)
+            return
+        for job in jobs:
+            # A job read as open but finished while the query ran must not come back.
+            if job.id not in scheduler.removed_since_scan:
+                scheduler.add(job)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking jobs; let running ones finish for `grace` seconds, then hand them back."""
+        self._stopping = True
+        self._wake.set()
+        tasks = list(self._tasks.values())
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        interrupted = [job_id for job_id in self._tasks]
+        if interrupted:
+            await self._writer.run(queue.requeue_stopped(interrupted))
+        self._reader.close()
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            await self._execute(job)
+        finally:
+            self._tasks.pop(job.id, None)
+            self._wake.set()
+
+    async def _execute(self, job: Job) -> None:
+        command = job.command
+        label = f"{command.verb} {command.student_name}" + (f" {command.workshop}" if command.workshop else "")
+        done = await self._writer.run(queue.claim(job.id))
+        run = JobRun(job, done, self._writer, self._mint, self._on_callbacks)
+        started = time.monotonic()
+        try:
+            verb = self._verbs[command.verb]
+            outcome = await verb.run(run, self._services)
+        except TransientError as exc:
+            if time.time() - job.received < self._retry_for:
+                delay = min(300.0, 2.0 ** min(job.retries, 8)) * random.uniform(0.5, 1.0)
+                log.info("job %d: %s: %s; retrying in %.1f s", job.id, label, exc, delay)
+                not_before = time.time() + delay
+                await self._writer.run(queue.postpone(job.id, not_before, str(exc)))
+                self.scheduler.running.discard(job.id)
+                self.scheduler.update(
+                    Job(**{**job.__dict__, "not_before": not_before, "retries": job.retries + 1})
+                )
+                return
+            await self._end(job, "failed", None, f"gave up after {self._retry_for:.0f} s: {exc}")
+            log.warning("job %d: %s failed: %s", job.id, label, exc)
+            return
+        except StepFailed as exc:
+            await self._end(job, "failed", None, str(exc))
+            log.warning("job %d: %s failed: %s", job.id, label, exc)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("job %d: %s: unexpected error", job.id, label)
+            await self._end(job, "failed", None, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        await self._end(job, "done", outcome, None)
+        log.info("job %d: %s done in %.3f s: %s", job.id, label, time.monotonic() - started, outcome)
+
+    async def _end(self, job: Job, state: str, outcome: str | None, error: str | None) -> None:
+        await self._writer.run(queue.finish(job.id, state, outcome, error))
+        self.scheduler.remove(job.id)
+        self.finished += 1
