@@ -37,7 +37,9 @@ def free_port() -> int:
 
 def same_secret(a: str | None, b: str | None) -> bool:
     """Compare two secrets without ever showing them in an assertion message."""
-    return a is not None and b is not None and hashlib.sha256(a.encode()).digest() == hashlib.sha256(b.encode()).digest()
+    return (
+        a is not None and b is not None and hashlib.sha256(a.encode()).digest() == hashlib.sha256(b.encode()).digest()
+    )
 
 
 def legacy_dialogue(subject: str, body: str, sender: str = "wod@example.com") -> bytes:
@@ -111,7 +113,9 @@ class Site:
         with self.db() as conn:
             return conn.execute("SELECT id, door, peer, code, reason, mail FROM refused ORDER BY id").fetchall()
 
-    def wait_jobs(self, count: int, timeout: float = 30.0, states: tuple[str, ...] = ("done", "failed")) -> list[tuple[Any, ...]]:
+    def wait_jobs(
+        self, count: int, timeout: float = 30.0, states: tuple[str, ...] = ("done", "failed")
+    ) -> list[tuple[Any, ...]]:
         """Wait until `count` jobs exist and all of them ended; return them."""
         deadline = time.monotonic() + timeout
         jobs: list[tuple[Any, ...]] = []
@@ -171,7 +175,9 @@ class Daemon:
     def smtp(self) -> smtplib.SMTP:
         return smtplib.SMTP("127.0.0.1", self.site.smtp_port, timeout=30)
 
-    def send(self, subject: str, body: str = "WKSHP-Sample", sender: str = "wod@example.com", extra: str = "") -> tuple[int, bytes]:
+    def send(
+        self, subject: str, body: str = "WKSHP-Sample", sender: str = "wod@example.com", extra: str = ""
+    ) -> tuple[int, bytes]:
         """One command over the standard door; returns the DATA reply (code, text)."""
         message = f"From: {sender}\r\nTo: jupyter@example.com\r\nSubject: {subject}\r\n{extra}\r\n{body}\r\n"
         with self.smtp() as client:

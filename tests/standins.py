@@ -33,6 +33,7 @@ from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
+import contextlib
 
 __all__ = ["Call", "JupyterHubStandin", "RegistrationApp"]
 
@@ -134,10 +135,8 @@ class _Standin:
         with self._lock:
             connections = list(self._open_connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         server.server_close()
         thread.join(timeout=5)
         self._server = None
@@ -402,17 +401,14 @@ class RegistrationApp(_Standin):
         return [
             call
             for call in self.calls
-            if call.method == "PUT"
-            and 200 <= call.status < 300
-            and call.path.startswith(path_prefix)
+            if call.method == "PUT" and 200 <= call.status < 300 and call.path.startswith(path_prefix)
         ]
 
     def state(self) -> dict[str, dict[str, dict[str, Any]]]:
         """{"student": {dbid: fields}, "customer": {...}, "workshop": {...}} (a deep copy)."""
         with self._lock:
             return {
-                kind: {key: dict(fields) for key, fields in records.items()}
-                for kind, records in self._state.items()
+                kind: {key: dict(fields) for key, fields in records.items()} for kind, records in self._state.items()
             }
 
     def expire_tokens(self) -> None:
@@ -441,11 +437,7 @@ class RegistrationApp(_Standin):
 
     def _login(self, request: _Request) -> _Answer:
         body = request.body
-        if (
-            isinstance(body, dict)
-            and body.get("username") == self.username
-            and body.get("password") == self.password
-        ):
+        if isinstance(body, dict) and body.get("username") == self.username and body.get("password") == self.password:
             token = secrets.token_urlsafe(24)
             self._tokens.add(token)
             self._logins += 1
@@ -463,9 +455,7 @@ class RegistrationApp(_Standin):
 
     def _list_workshops(self, query: str) -> _Answer:
         updates = self._state["workshop"]
-        listed = [
-            {**workshop, **updates.get(str(workshop.get("id")), {})} for workshop in self.workshops
-        ]
+        listed = [{**workshop, **updates.get(str(workshop.get("id")), {})} for workshop in self.workshops]
         active = urllib.parse.parse_qs(query).get("active")
         if active:
             wanted = active[0].lower() == "true"
@@ -657,9 +647,7 @@ class JupyterHubStandin(_Standin):
             return self._error(400, f"{name} is already running")
         if self._throttled > 0:
             self._throttled -= 1
-            answer = self._error(
-                429, "Too many users trying to log in right now. Try again in 1 seconds."
-            )
+            answer = self._error(429, "Too many users trying to log in right now. Try again in 1 seconds.")
             answer.headers["Retry-After"] = "1"
             return answer
         user.started = user.last_activity = _utcnow_iso()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from tests.conftest import Daemon, Site, same_secret, with_app
 from tests.standins import RegistrationApp
@@ -34,7 +33,9 @@ def test_kill_9_between_accepting_and_finishing(site: Site, app: RegistrationApp
     with site.db() as conn:
         outbox = conn.execute("SELECT job_id, count(*) FROM outbox GROUP BY job_id").fetchall()
         assert sorted(count for _job, count in outbox) == [2] * 60, "each job queued its callbacks exactly once"
-    assert app.wait_for(lambda a: all(a.state()["customer"].get(f"c{i}", {}).get("active") == "true" for i in accepted), timeout=60)
+    assert app.wait_for(
+        lambda a: all(a.state()["customer"].get(f"c{i}", {}).get("active") == "true" for i in accepted), timeout=60
+    )
     state = app.state()
     for stdid in accepted:
         notebook = (site.home(stdid) / "WKSHP-Sample" / "1-Python101.ipynb").read_text()

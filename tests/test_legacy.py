@@ -166,9 +166,7 @@ async def test_300_node_clients_that_close_on_the_first_byte_lose_nothing(
     door = await start_door()
 
     for stdid in range(300):
-        first = await asyncio.to_thread(
-            node_client, door.port, legacy_dialogue(f"CREATE {stdid} 4242")
-        )
+        first = await asyncio.to_thread(node_client, door.port, legacy_dialogue(f"CREATE {stdid} 4242"))
         assert first == b"2"  # the greeting's first byte: written only after the commit
 
     assert [m.data for m in door.intake.mails] == [
@@ -194,15 +192,11 @@ async def test_the_apps_own_nodejs_client_loses_nothing(start_door: Starter) -> 
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
-async def test_node_clients_that_close_without_reading_lose_nothing(
-    start_door: Starter, reset: bool
-) -> None:
+async def test_node_clients_that_close_without_reading_lose_nothing(start_door: Starter, reset: bool) -> None:
     door = await start_door()
 
     for stdid in range(300):
-        await asyncio.to_thread(
-            node_client, door.port, legacy_dialogue(f"PURGE {stdid} 77"), read=False, reset=reset
-        )
+        await asyncio.to_thread(node_client, door.port, legacy_dialogue(f"PURGE {stdid} 77"), read=False, reset=reset)
     await wait_for(lambda: len(door.intake.mails) == 300)
 
     assert sorted(m.data for m in door.intake.mails) == sorted(
@@ -215,9 +209,7 @@ async def test_a_submit_runs_to_its_end_after_a_reset_and_drain_waits_for_it(
 ) -> None:
     door = await start_door(RecordingIntake(delay=0.3))
 
-    await asyncio.to_thread(
-        node_client, door.port, legacy_dialogue("CREATE 1 2"), read=False, reset=True
-    )
+    await asyncio.to_thread(node_client, door.port, legacy_dialogue("CREATE 1 2"), read=False, reset=True)
     await wait_for(lambda: len(door.intake.started) == 1)
     assert door.intake.mails == []
 
@@ -281,7 +273,7 @@ async def test_smtplib_converses_on_the_legacy_door(start_door: Starter) -> None
 
     def standard_client() -> list[tuple[int, bytes]]:
         with smtplib.SMTP("127.0.0.1", door.port, timeout=5) as smtp:
-            answers = [smtp.ehlo("client.example.com")[:1] + (b"",)]
+            answers = [(*smtp.ehlo("client.example.com")[:1], b"")]
             answers.append(smtp.mail("<registration@example.com>"))
             answers.append(smtp.rcpt("jupyter3@example.com"))
             answers.append(smtp.data(message))
@@ -303,9 +295,7 @@ async def test_smtplib_converses_on_the_legacy_door(start_door: Starter) -> None
         (250, b"OK"),
         (221, b"Bye"),
     ]
-    assert [m.data for m in door.intake.mails] == [
-        b"Subject: RESET 12 4242\n\nWKSHP-Reset101\n"
-    ] * 2
+    assert [m.data for m in door.intake.mails] == [b"Subject: RESET 12 4242\n\nWKSHP-Reset101\n"] * 2
     assert door.intake.mails[0].mail_from == "registration@example.com"
 
 
@@ -324,9 +314,7 @@ async def test_dot_stuffed_lines_are_unstuffed(start_door: Starter) -> None:
 async def test_bare_lf_and_crlf_mixed_are_one_framing(start_door: Starter) -> None:
     door = await start_door()
 
-    replies = await asyncio.to_thread(
-        talk, door.port, (DATA / "mixed-line-endings.txt").read_bytes()
-    )
+    replies = await asyncio.to_thread(talk, door.port, (DATA / "mixed-line-endings.txt").read_bytes())
 
     assert codes(replies) == [220, 250, 250, 250, 354, 250]
     [mail] = door.intake.mails
@@ -345,9 +333,7 @@ async def test_bare_lf_and_crlf_mixed_are_one_framing(start_door: Starter) -> No
         ("Mail From : a@example.com", "Rcpt To : b@example.com"),
     ],
 )
-async def test_mail_from_with_and_without_brackets(
-    start_door: Starter, mail_from: str, rcpt_to: str
-) -> None:
+async def test_mail_from_with_and_without_brackets(start_door: Starter, mail_from: str, rcpt_to: str) -> None:
     door = await start_door()
     payload = f"helo x\n{mail_from}\n{rcpt_to}\ndata\nSubject: PURGE 3 4\nWKSHP-A\n.\n"
 
@@ -361,9 +347,7 @@ async def test_mail_from_with_and_without_brackets(
 async def test_two_transactions_written_at_once_are_both_committed(start_door: Starter) -> None:
     door = await start_door()
 
-    replies = await asyncio.to_thread(
-        talk, door.port, (DATA / "two-transactions-at-once.txt").read_bytes()
-    )
+    replies = await asyncio.to_thread(talk, door.port, (DATA / "two-transactions-at-once.txt").read_bytes())
 
     assert codes(replies) == [220, 250, 250, 250, 354, 250, 250, 250, 354, 250]
     assert [m.data for m in door.intake.mails] == [
@@ -375,9 +359,7 @@ async def test_two_transactions_written_at_once_are_both_committed(start_door: S
 async def test_a_final_dot_without_its_lf_still_ends_the_data(start_door: Starter) -> None:
     door = await start_door()
 
-    replies = await asyncio.to_thread(
-        talk, door.port, legacy_dialogue("CREATE 8 9")[:-1], shut_write=True
-    )
+    replies = await asyncio.to_thread(talk, door.port, legacy_dialogue("CREATE 8 9")[:-1], shut_write=True)
 
     assert codes(replies)[-1] == 250
     assert len(door.intake.mails) == 1
@@ -519,9 +501,7 @@ async def test_without_record_incomplete_a_cut_off_mail_is_logged_without_its_co
         await drain(door.server)
 
     assert door.intake.mails == []
-    assert warnings() == [
-        "legacy 127.0.0.1: connection ended before the end of data after 42 bytes; not submitted"
-    ]
+    assert warnings() == ["legacy 127.0.0.1: connection ended before the end of data after 42 bytes; not submitted"]
     assert "CLEANUP" not in caplog.text and "WKSHP" not in caplog.text
 
 

@@ -24,9 +24,7 @@ LOCATIONS = resources.product_path("locations")
 CONTENT = ("WKSHP-Alpha", "WKSHP-Beta", "WKSHP-Reset")
 
 
-def stage(
-    tmp_path: Path, location: str = "minimal.yaml", workshops: str = "workshops.yaml"
-) -> Path:
+def stage(tmp_path: Path, location: str = "minimal.yaml", workshops: str = "workshops.yaml") -> Path:
     """Copy a location and a workshops file (as workshops.yaml) into tmp_path, with content."""
     target = tmp_path / Path(location).name
     shutil.copyfile(DATA / location, target)
@@ -145,9 +143,7 @@ def test_text_tagged_unsafe_is_taken_as_written(tmp_path: Path) -> None:
     assert variables["SAYS"] == "motto: env:NOT_A_SECRET"
 
 
-def test_secrets_come_from_the_environment_and_from_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_secrets_come_from_the_environment_and_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WODMAIL_TEST_APIPWD", "api {{ JPHOST }} secret")
     monkeypatch.setenv("WODMAIL_TEST_LDAPBINDPW", "ldap-secret")
@@ -297,12 +293,8 @@ def test_an_empty_workshops_file_books_nothing(tmp_path: Path) -> None:
 # --- mistakes: one line naming the file, the key and the reason ---------------------------
 
 
-@pytest.mark.parametrize(
-    "case", sorted((DATA / "bad-location").glob("*.yaml")), ids=lambda case: case.stem
-)
-def test_a_wrong_location_is_refused_in_one_line(
-    case: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize("case", sorted((DATA / "bad-location").glob("*.yaml")), ids=lambda case: case.stem)
+def test_a_wrong_location_is_refused_in_one_line(case: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WODMAIL_TEST_UNSET", raising=False)
     monkeypatch.setenv("WODMAIL_TEST_HUNTER2", "hunter2")
     file = stage(tmp_path, f"bad-location/{case.name}")
@@ -316,9 +308,7 @@ def test_a_wrong_location_is_refused_in_one_line(
     assert "hunter2" not in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    "case", sorted((DATA / "bad-workshops").glob("*.yaml")), ids=lambda case: case.stem
-)
+@pytest.mark.parametrize("case", sorted((DATA / "bad-workshops").glob("*.yaml")), ids=lambda case: case.stem)
 def test_a_wrong_workshops_file_is_refused_in_one_line(case: Path, tmp_path: Path) -> None:
     file = stage(tmp_path, "minimal.yaml", f"bad-workshops/{case.name}")
 

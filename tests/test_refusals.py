@@ -51,14 +51,18 @@ def test_refusals_over_smtp(site: Site, daemon_factory) -> None:
         assert reason in refused.value.smtp_error.decode(), (name, refused.value.smtp_error)
     records = site.refused()
     assert len(records) == len(EXPECTED)
-    for (_id, door, peer, code, reason, mail), (name, (want_code, want_reason)) in zip(records, EXPECTED.items()):
+    for record, (name, (want_code, want_reason)) in zip(records, EXPECTED.items(), strict=True):
+        _id, door, peer, code, reason, mail = record
         assert (door, peer, code) == ("smtp", "127.0.0.1", want_code)
         assert want_reason in reason
         assert mail == (REFUSED / name).read_bytes(), name
     assert site.jobs() == []
     assert not site.student_dir.exists() or list(site.student_dir.iterdir()) == []
     listing = subprocess.run(
-        [sys.executable, "-m", "wodmail", "--location", str(site.file), "refused"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "wodmail", "--location", str(site.file), "refused"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "unknown verb 'LAUNCH'" in listing
 
@@ -86,6 +90,7 @@ def deliver(site: Site, mail: bytes, *args: str) -> subprocess.CompletedProcess[
         [sys.executable, "-m", "wodmail", "--location", str(site.write()), "deliver", *args],
         input=mail,
         capture_output=True,
+        check=False,
     )
 
 
@@ -117,7 +122,11 @@ def test_deliver_answers_75_when_it_cannot_commit(site: Site, tmp_path: Path) ->
 def test_configuration_error_stops_start_up_with_one_line(site: Site) -> None:
     site.workshops["CHLG-SampleReset"] = {"range": [1150, 1250]}
     result = subprocess.run(
-        [sys.executable, "-m", "wodmail", "--location", str(site.write()), "serve"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "wodmail", "--location", str(site.write()), "serve"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 78
     lines = result.stderr.strip().splitlines()

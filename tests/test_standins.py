@@ -57,9 +57,7 @@ def client() -> Iterator[httpx.Client]:
 
 
 def login(client: httpx.Client, app: RegistrationApp) -> str:
-    response = client.post(
-        f"{app.url}/login", json={"username": app.username, "password": app.password}
-    )
+    response = client.post(f"{app.url}/login", json={"username": app.username, "password": app.password})
     assert response.status_code == 200
     token = response.json()["accessToken"]
     assert isinstance(token, str) and token
@@ -78,9 +76,7 @@ def test_app_url_carries_the_api_prefix(app: RegistrationApp) -> None:
     assert app.url.endswith("/api")
 
 
-def test_login_issues_a_fresh_token_and_refuses_wrong_credentials(
-    app: RegistrationApp, client: httpx.Client
-) -> None:
+def test_login_issues_a_fresh_token_and_refuses_wrong_credentials(app: RegistrationApp, client: httpx.Client) -> None:
     first, second = login(client, app), login(client, app)
     assert first != second
     wrong = client.post(f"{app.url}/login", json={"username": "wod", "password": "nope"})
@@ -98,22 +94,16 @@ def test_login_issues_a_fresh_token_and_refuses_wrong_credentials(
     )
 
 
-def test_puts_need_a_valid_token_and_refusals_change_nothing(
-    app: RegistrationApp, client: httpx.Client
-) -> None:
+def test_puts_need_a_valid_token_and_refusals_change_nothing(app: RegistrationApp, client: httpx.Client) -> None:
     missing = client.put(f"{app.url}/student/12", json={"assigned": "true"})
-    unknown = client.put(
-        f"{app.url}/student/12", json={"assigned": "true"}, headers={"x-access-token": "forged"}
-    )
+    unknown = client.put(f"{app.url}/student/12", json={"assigned": "true"}, headers={"x-access-token": "forged"})
     assert (missing.status_code, unknown.status_code) == (401, 401)
     assert [(call.token, call.status) for call in app.calls] == [(None, 401), ("forged", 401)]
     assert app.puts() == []
     assert app.state()["student"] == {}
 
 
-def test_accepted_puts_merge_into_the_state_in_order(
-    app: RegistrationApp, client: httpx.Client
-) -> None:
+def test_accepted_puts_merge_into_the_state_in_order(app: RegistrationApp, client: httpx.Client) -> None:
     headers = {"x-access-token": login(client, app)}
     sent = [
         ("/student/12", {"password": "pw-1"}),
@@ -159,14 +149,10 @@ def test_workshops_list_is_configurable_filterable_and_reflects_updates(
     assert app.calls[-1].query == "active=true"
 
 
-def test_expired_tokens_get_401_until_a_new_login(
-    app: RegistrationApp, client: httpx.Client
-) -> None:
+def test_expired_tokens_get_401_until_a_new_login(app: RegistrationApp, client: httpx.Client) -> None:
     old = login(client, app)
     app.expire_tokens()
-    stale = client.put(
-        f"{app.url}/customer/7", json={"active": "true"}, headers={"x-access-token": old}
-    )
+    stale = client.put(f"{app.url}/customer/7", json={"active": "true"}, headers={"x-access-token": old})
     assert stale.status_code == 401
     assert app.state()["customer"] == {}
     fresh = client.put(
@@ -202,14 +188,10 @@ def test_down_answers_503_then_recovers(app: RegistrationApp, client: httpx.Clie
     token = login(client, app)
     app.set_down(True)
     assert client.post(f"{app.url}/login", json={"username": "wod"}).status_code == 503
-    down = client.put(
-        f"{app.url}/student/1", json={"assigned": "true"}, headers={"x-access-token": token}
-    )
+    down = client.put(f"{app.url}/student/1", json={"assigned": "true"}, headers={"x-access-token": token})
     assert down.status_code == 503
     app.set_down(False)
-    up = client.put(
-        f"{app.url}/student/1", json={"assigned": "true"}, headers={"x-access-token": token}
-    )
+    up = client.put(f"{app.url}/student/1", json={"assigned": "true"}, headers={"x-access-token": token})
     assert up.status_code == 200
     assert app.state()["student"] == {"1": {"assigned": "true"}}
 
@@ -251,9 +233,7 @@ def test_connections_are_kept_alive(app: RegistrationApp, client: httpx.Client) 
     assert len(app.puts()) == 20
 
 
-def test_stop_is_an_outage_and_start_comes_back_on_the_same_url(
-    app: RegistrationApp, client: httpx.Client
-) -> None:
+def test_stop_is_an_outage_and_start_comes_back_on_the_same_url(app: RegistrationApp, client: httpx.Client) -> None:
     url = app.url
     token = login(client, app)
     app.stop()
@@ -261,23 +241,17 @@ def test_stop_is_an_outage_and_start_comes_back_on_the_same_url(
         client.put(f"{url}/student/1", json={"assigned": "true"}, headers={"x-access-token": token})
     app.start()
     assert app.url == url
-    ok = client.put(
-        f"{url}/student/1", json={"assigned": "true"}, headers={"x-access-token": token}
-    )
+    ok = client.put(f"{url}/student/1", json={"assigned": "true"}, headers={"x-access-token": token})
     assert ok.status_code == 200  # tokens survive a restart, as a JWT would
 
 
-def test_wait_for_polls_until_the_predicate_holds(
-    app: RegistrationApp, client: httpx.Client
-) -> None:
+def test_wait_for_polls_until_the_predicate_holds(app: RegistrationApp, client: httpx.Client) -> None:
     token = login(client, app)
 
     def later() -> None:
         time.sleep(0.1)
         with httpx.Client() as other:
-            other.put(
-                f"{app.url}/customer/3", json={"cleaned": "true"}, headers={"x-access-token": token}
-            )
+            other.put(f"{app.url}/customer/3", json={"cleaned": "true"}, headers={"x-access-token": token})
 
     thread = threading.Thread(target=later)
     thread.start()
@@ -288,17 +262,12 @@ def test_wait_for_polls_until_the_predicate_holds(
 
 async def test_serves_concurrent_async_clients(app: RegistrationApp) -> None:
     async with httpx.AsyncClient(timeout=5) as client:
-        login_answer = await client.post(
-            f"{app.url}/login", json={"username": app.username, "password": app.password}
-        )
+        login_answer = await client.post(f"{app.url}/login", json={"username": app.username, "password": app.password})
         headers = {"x-access-token": login_answer.json()["accessToken"]}
         app.set_delay(0.05)
         started = time.monotonic()
         answers = await asyncio.gather(
-            *(
-                client.put(f"{app.url}/student/{n}", json={"password": f"pw{n}"}, headers=headers)
-                for n in range(30)
-            )
+            *(client.put(f"{app.url}/student/{n}", json={"password": f"pw{n}"}, headers=headers) for n in range(30))
         )
         elapsed = time.monotonic() - started
     assert {answer.status_code for answer in answers} == {200}
@@ -320,9 +289,7 @@ def test_hub_refuses_missing_or_wrong_token(hub: JupyterHubStandin, client: http
     assert client.post(server, headers={"Authorization": f"Bearer {hub.token}"}).status_code == 201
 
 
-def test_hub_start_stop_and_the_not_really_errors(
-    hub: JupyterHubStandin, client: httpx.Client
-) -> None:
+def test_hub_start_stop_and_the_not_really_errors(hub: JupyterHubStandin, client: httpx.Client) -> None:
     server = f"{hub.url}/hub/api/users/student1/server"
     headers = hub_headers(hub)
 
@@ -422,9 +389,7 @@ def test_hub_missing_users_and_user_creation(hub: JupyterHubStandin, client: htt
 
 def test_hub_auto_creates_users_when_asked(client: httpx.Client) -> None:
     with JupyterHubStandin(token="t", auto_create_users=True) as hub:
-        answer = client.post(
-            f"{hub.url}/hub/api/users/student5/server", headers={"Authorization": "token t"}
-        )
+        answer = client.post(f"{hub.url}/hub/api/users/student5/server", headers={"Authorization": "token t"})
         assert answer.status_code == 201
         assert hub.running("student5")
 

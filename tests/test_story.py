@@ -110,7 +110,9 @@ def test_legacy_door_loses_nothing(site: Site, daemon_factory) -> None:
 def test_legacy_client_that_closes_without_reading(site: Site, daemon_factory) -> None:
     daemon_factory()
     for stdid in range(1, 21):
-        send_legacy(site.legacy_port, legacy_dialogue(f"CREATE {stdid} c{stdid}", "WKSHP-Sample"), read_first_byte=False)
+        send_legacy(
+            site.legacy_port, legacy_dialogue(f"CREATE {stdid} c{stdid}", "WKSHP-Sample"), read_first_byte=False
+        )
     jobs = site.wait_jobs(20)
     assert sorted(job[2] for job in jobs) == list(range(1, 21))
 
@@ -165,7 +167,9 @@ def test_reset_range_runs_the_hook_and_restores_capacity(site: Site, app: Regist
     assert daemon.send("RESET 1101,1103 admin", "WKSHP-SampleReset")[0] == 250
     jobs = site.wait_jobs(7, timeout=90)
     assert jobs[-1][1:4] == ("RESET", 1101, "done"), jobs[-1]
-    assert (site.state_dir / "sample-reset-1101-1103.txt").read_text() == "WKSHP-SampleReset students 1101..1103 reset\n"
+    assert (
+        site.state_dir / "sample-reset-1101-1103.txt"
+    ).read_text() == "WKSHP-SampleReset students 1101..1103 reset\n"
     assert app.wait_for(lambda a: a.state()["workshop"].get("7", {}).get("capacity") == "3")
     state = app.state()
     for stdid in (1101, 1102, 1103):
@@ -253,9 +257,15 @@ def test_jobs_command_shows_states_and_steps(site: Site, daemon_factory) -> None
     daemon = daemon_factory()
     assert daemon.send("CREATE 6 c6")[0] == 250
     (job,) = site.wait_jobs(1)
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "wodmail", "--location", str(site.file), *args], capture_output=True, text=True, check=True
-    ).stdout
+    def run(*args):
+        return (
+            subprocess.run(
+                [sys.executable, "-m", "wodmail", "--location", str(site.file), *args],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
     listing = run("jobs")
     assert "1 done" in listing and "CREATE" in listing and "student6" in listing
     show = run("jobs", "show", str(job[0]))

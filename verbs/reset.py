@@ -45,4 +45,3 @@ async def run(job: JobRun, services: Services) -> str:
         await job.callbacks("reset capacity", services, regapp.workshop(workshop_id, capacity=str(capacity)))
     count = len(command.students)
     return f"{count} student(s) of {workshop.name} reset"
-

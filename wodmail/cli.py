@@ -24,7 +24,6 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from wodmail import queue
 from wodmail.errors import ConfigError, TryLater
@@ -149,9 +148,7 @@ def cmd_jobs(location: Location, args: argparse.Namespace) -> int:
     counts = queue.job_counts(conn)
     states = ("queued", "running", "done", "failed", "held")
     print("jobs: " + ", ".join(f"{counts.get(state, 0)} {state}" for state in states))
-    waiting = conn.execute(
-        "SELECT id, received FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1"
-    ).fetchone()
+    waiting = conn.execute("SELECT id, received FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1").fetchone()
     if waiting:
         print(f"oldest waiting: job {waiting[0]}, queued {time.time() - waiting[1]:.0f} s ago")
     print(f"{'ID':>6}  {'STATE':8} {'VERB':8} {'STUDENT':14} {'WORKSHOP':22} {'RECEIVED':19}  OUTCOME / ERROR")
@@ -173,8 +170,12 @@ def show_job(conn: sqlite3.Connection, job_id: int) -> int:
         return EX_DATAERR
     command = job.command
     print(f"job {job.id}: {command.canonical()}")
-    print(f"  state     {job.state}" + (f" (not before {when(job.not_before)})" if job.not_before > time.time() else ""))
-    print(f"  received  {when(job.received)} by {job.door} from {job.peer or 'local pipe'}, sender {job.sender or '<>'}")
+    print(
+        f"  state     {job.state}" + (f" (not before {when(job.not_before)})" if job.not_before > time.time() else "")
+    )
+    print(
+        f"  received  {when(job.received)} by {job.door} from {job.peer or 'local pipe'}, sender {job.sender or '<>'}"
+    )
     print(f"  trusted   {command.auth}")
     if command.message_id:
         print(f"  message   {command.message_id}")
@@ -235,7 +236,9 @@ def cmd_refused(location: Location, args: argparse.Namespace) -> int:
             return EX_DATAERR
         rid, received, door, peer, sender, code, reason, size, mail = row
         print(f"refused mail {rid}: {code} {reason}")
-        print(f"  received {when(received)} by {door} from {peer or 'local pipe'}, sender {sender or '<>'}, {size} bytes")
+        print(
+            f"  received {when(received)} by {door} from {peer or 'local pipe'}, sender {sender or '<>'}, {size} bytes"
+        )
         print("-" * 60)
         sys.stdout.write(bytes(mail).decode("utf-8", "replace"))
         print()
@@ -269,7 +272,9 @@ def cmd_check(location: Location, args: argparse.Namespace) -> int:
     print(f"  doors: SMTP {location.smtp_host}:{location.smtp_port}, legacy {location.legacy_port or 'closed'}")
     print(f"  state {location.state_dir}, homes {location.student_dir}, workshops {location.workshop_dir}")
     print(f"  students {location.student_min}..{location.student_max}, BASESTDID {location.base_stdid}")
-    print(f"  callbacks: {location.api_endpoint or 'off (APIENDPOINT not set)'}; JupyterHub: {location.hub_url or 'off'}")
+    print(
+        f"  callbacks: {location.api_endpoint or 'off (APIENDPOINT not set)'}; JupyterHub: {location.hub_url or 'off'}"
+    )
     for workshop in location.workshops.values():
         flags = [flag for flag in ("reset", "ldap", "varpass") if getattr(workshop, flag)]
         hooks = ",".join(sorted(workshop.hooks)) or "no hooks"

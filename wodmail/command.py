@@ -97,7 +97,7 @@ def read_mail(raw: bytes) -> EmailMessage:
     """Parse mail bytes leniently: the legacy client writes no blank line before its body."""
     try:
         message = email.message_from_bytes(raw, policy=email.policy.default)
-    except Exception as exc:  # the stdlib parser is lenient; this is a last guard
+    except Exception as exc:  # noqa: BLE001 - hostile input: any parser failure is a refusal
         raise BadCommand(f"unreadable mail: {type(exc).__name__}") from None
     assert isinstance(message, EmailMessage)
     return message
@@ -107,7 +107,7 @@ def header(message: EmailMessage, name: str) -> str | None:
     """A header's decoded value, or None; refuses a header the parser cannot decode."""
     try:
         value = message.get(name)
-    except Exception:
+    except Exception:  # noqa: BLE001 - hostile input: any decoding failure is a refusal
         raise BadCommand(f"unreadable {name} header") from None
     if value is None:
         return None
@@ -201,7 +201,7 @@ def first_body_line(message: EmailMessage) -> str | None:
         if part is None:
             return None
         payload = part.get_payload(decode=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - hostile input: any decoding failure is a refusal
         raise BadCommand("the body cannot be decoded") from None
     if not isinstance(payload, bytes):
         return None

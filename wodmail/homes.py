@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from wodmail.errors import StepFailed
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,5 @@ def alive(pid: int) -> bool:
 
 
 def signal_quietly(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass

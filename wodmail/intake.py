@@ -67,8 +67,7 @@ class CommandIntake:
         auth = self.authorise(mail)
         if len(mail.data) > self.location.max_message_size:
             raise BadCommand(
-                f"the mail is {len(mail.data)} bytes, more than the {self.location.max_message_size}"
-                " a command may have"
+                f"the mail is {len(mail.data)} bytes, more than the {self.location.max_message_size} a command may have"
             )
         command = parse_command(mail.data).with_auth(auth)
         self.validate(command)
@@ -100,8 +99,7 @@ class CommandIntake:
         for stdid in {command.stdid, command.last_stdid}:
             if not location.student_min <= stdid <= location.student_max:
                 raise BadCommand(
-                    f"student {stdid} is outside this location's range"
-                    f" {location.student_min}..{location.student_max}"
+                    f"student {stdid} is outside this location's range {location.student_min}..{location.student_max}"
                 )
         if command.workshop is None:
             return

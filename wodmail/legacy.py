@@ -233,9 +233,7 @@ class _LegacySession(asyncio.Protocol):
         self.peer = str(peername[0]) if peername else None
         log.debug("legacy %s: connected", self.peer)
         self._timers.append(self.loop.call_later(self.limits.greeting_delay, self._greet))
-        self._timers.append(
-            self.loop.call_later(self.limits.total_timeout, self.end_input, "total")
-        )
+        self._timers.append(self.loop.call_later(self.limits.total_timeout, self.end_input, "total"))
         self._idle_timer = self.loop.call_later(self.limits.idle_timeout, self._check_idle)
         self.door._sessions.add(self)
         task = self.loop.create_task(self._run())
@@ -532,9 +530,7 @@ class _LegacySession(asyncio.Protocol):
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception(
-                    "legacy %s: the intake failed on a %d-byte mail", self.peer, len(mail.data)
-                )
+                log.exception("legacy %s: the intake failed on a %d-byte mail", self.peer, len(mail.data))
                 return Reply(451, "4.3.0 The command could not be committed, try again later")
             if not isinstance(reply, Reply):
                 log.error(
@@ -574,9 +570,7 @@ class _LegacySession(asyncio.Protocol):
 
     async def _record_incomplete(self, reason: str) -> None:
         if self._data_overflow:
-            log.warning(
-                "legacy %s: over-size DATA cut off (%s); nothing submitted", self.peer, reason
-            )
+            log.warning("legacy %s: over-size DATA cut off (%s); nothing submitted", self.peer, reason)
             return
         mail = self._mail_so_far()
         size = len(mail.data)

@@ -87,9 +87,7 @@ class Workshop:
     """The registration app's workshop id (entry key `id`)."""
     hooks: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     """Playbook per verb ("create", "cleanup", "reset"), explicit or found by convention."""
-    variables: Mapping[str, object] = field(
-        default_factory=lambda: MappingProxyType({}), hash=False
-    )
+    variables: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     """The workshop's own template variables (entry key `variables`)."""
 
     @property
@@ -218,10 +216,7 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: dict[object, int] = {}
         for key_node, _ in node.value:
-            if (
-                not isinstance(key_node, yaml.ScalarNode)
-                or key_node.tag == "tag:yaml.org,2002:merge"
-            ):
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, Hashable):
@@ -239,9 +234,7 @@ class _Literal(str):
 
 def _construct_literal(loader: yaml.SafeLoader, node: yaml.Node) -> _Literal:
     if not isinstance(node, yaml.ScalarNode):
-        raise yaml.constructor.ConstructorError(
-            None, None, "!unsafe applies to a single text value", node.start_mark
-        )
+        raise yaml.constructor.ConstructorError(None, None, "!unsafe applies to a single text value", node.start_mark)
     return _Literal(loader.construct_scalar(node))
 
 
@@ -262,15 +255,11 @@ def _read_yaml(path: Path) -> object:
     except UnicodeDecodeError:
         raise ConfigError(path, None, "not UTF-8 text") from None
     except OSError as exc:
-        raise ConfigError(
-            path, None, f"cannot read: {exc.strerror or type(exc).__name__}"
-        ) from None
+        raise ConfigError(path, None, f"cannot read: {exc.strerror or type(exc).__name__}") from None
     try:
         return yaml.load(text, Loader=_Loader)  # a SafeLoader
     except _DuplicateKey as dup:
-        raise ConfigError(
-            path, str(dup.key), f"given twice (lines {dup.first_line} and {dup.line})"
-        ) from None
+        raise ConfigError(path, str(dup.key), f"given twice (lines {dup.first_line} and {dup.line})") from None
     except yaml.MarkedYAMLError as exc:
         # Only the problem and where: the library's message quotes the line, maybe a secret.
         parts = [
@@ -278,9 +267,7 @@ def _read_yaml(path: Path) -> object:
             for what, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark))
             if what
         ]
-        raise ConfigError(
-            path, None, "not valid YAML: " + (": ".join(parts) or "syntax error")
-        ) from None
+        raise ConfigError(path, None, "not valid YAML: " + (": ".join(parts) or "syntax error")) from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, None, f"not valid YAML: {type(exc).__name__}") from None
 
@@ -315,8 +302,7 @@ def _check_value_types(path: Path, raw: dict[Any, Any]) -> dict[str, object]:
                     raise ConfigError(
                         path,
                         key,
-                        f"unknown key type: a list holding {_kind(item)} "
-                        "(lists hold strings, numbers or booleans)",
+                        f"unknown key type: a list holding {_kind(item)} (lists hold strings, numbers or booleans)",
                     )
             entries[key] = tuple(value)
         elif isinstance(value, _SCALARS):
@@ -325,8 +311,7 @@ def _check_value_types(path: Path, raw: dict[Any, Any]) -> dict[str, object]:
             raise ConfigError(
                 path,
                 key,
-                f"unknown key type: {_kind(value)} "
-                "(values are strings, numbers, booleans or lists of those)",
+                f"unknown key type: {_kind(value)} (values are strings, numbers, booleans or lists of those)",
             )
     return entries
 
@@ -350,7 +335,7 @@ class _References:
         if key in self.done:
             return self.done[key]
         if key in self.stack:
-            cycle = self.stack[self.stack.index(key) :] + [key]
+            cycle = [*self.stack[self.stack.index(key):], key]
             raise ConfigError(self.path, key, "reference cycle: " + " -> ".join(cycle))
         self.stack.append(key)
         raw = self.entries[key]
@@ -380,27 +365,21 @@ class _References:
             # stays an integer), as Ansible does.
             target = self.target(key, whole.group(1))
             if in_list and isinstance(target, tuple):
-                raise ConfigError(
-                    self.path, key, f"a list item refers to the list {{{{ {whole.group(1)} }}}}"
-                )
+                raise ConfigError(self.path, key, f"a list item refers to the list {{{{ {whole.group(1)} }}}}")
             return target
 
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             target = self.target(key, name)
             if isinstance(target, tuple):
-                raise ConfigError(
-                    self.path, key, f"cannot put the list {{{{ {name} }}}} inside a string"
-                )
+                raise ConfigError(self.path, key, f"cannot put the list {{{{ {name} }}}} inside a string")
             return "" if target is None else str(target)
 
         return _REFERENCE.sub(substitute, value)
 
     def target(self, key: str, name: str) -> object:
         if name not in self.entries:
-            raise ConfigError(
-                self.path, key, f"refers to {{{{ {name} }}}}, which the file does not define"
-            )
+            raise ConfigError(self.path, key, f"refers to {{{{ {name} }}}}, which the file does not define")
         return self.value(name)
 
 
@@ -487,9 +466,7 @@ class _Keys:
             return default
         bounds = f"{low}..{high}" if high is not None else f">= {low}"
         if isinstance(value, bool) or not isinstance(value, int):
-            hint = (
-                " (remove the quotes)" if isinstance(value, str) and value.strip().isdigit() else ""
-            )
+            hint = " (remove the quotes)" if isinstance(value, str) and value.strip().isdigit() else ""
             self.fail(key, f"expected an integer {bounds}, found {self.shown(key, value)}{hint}")
         if value < low or (high is not None and value > high):
             self.fail(key, f"expected an integer {bounds}, found {self.shown(key, value)}")
@@ -558,8 +535,7 @@ class _Keys:
                 extra = ' or the word "local"' if allow_local else ""
                 self.fail(
                     key,
-                    f"{self.shown(key, item)} is not an IP address or network (e.g. 192.0.2.10, "
-                    f"10.0.0.0/8){extra}",
+                    f"{self.shown(key, item)} is not an IP address or network (e.g. 192.0.2.10, 10.0.0.0/8){extra}",
                 )
         return tuple(networks), local
 
@@ -595,13 +571,9 @@ def _build(path: Path, values: dict[str, object], hidden: set[str]) -> Location:
     if legacy_port and legacy_port == smtp_port:
         keys.fail("LEGACYPORT", f"the legacy door cannot share SMTPPORT {smtp_port}")
 
-    state_dir = keys.required_path(
-        "STATEDIR", "the folder where wodmail keeps its queue and records"
-    )
+    state_dir = keys.required_path("STATEDIR", "the folder where wodmail keeps its queue and records")
     student_dir = keys.required_path("STUDENTDIR", "the folder that holds the student homes")
-    workshop_dir = keys.required_path(
-        "WORKSHOPDIR", "the folder that holds one folder per workshop"
-    )
+    workshop_dir = keys.required_path("WORKSHOPDIR", "the folder that holds one folder per workshop")
     if not workshop_dir.is_dir():
         keys.fail("WORKSHOPDIR", f"{workshop_dir} is not a directory")
     playbook_dir = keys.path("PLAYBOOKDIR") or resources.product_path("playbooks")
@@ -611,9 +583,7 @@ def _build(path: Path, values: dict[str, object], hidden: set[str]) -> Location:
 
     student_min = keys.integer("STUDENTMIN", 1, 0, MAX_STDID)
     assert student_min is not None
-    student_max = keys.required_integer(
-        "STUDENTMAX", 0, MAX_STDID, "the highest student number on this host"
-    )
+    student_max = keys.required_integer("STUDENTMAX", 0, MAX_STDID, "the highest student number on this host")
     if student_max < student_min:
         keys.fail("STUDENTMAX", f"{student_max} is below STUDENTMIN {student_min}")
     base_stdid = keys.integer("BASESTDID", 0, 0, None)
@@ -711,18 +681,12 @@ def _load_workshops(
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(
-            path, None, f"expected a mapping of workshop name: entry, found {_kind(raw)}"
-        )
+        raise ConfigError(path, None, f"expected a mapping of workshop name: entry, found {_kind(raw)}")
     workshops: dict[str, Workshop] = {}
     for name, entry in raw.items():
-        workshop = _workshop(
-            path, name, entry, workshop_dir, playbook_dir, (student_min, student_max)
-        )
+        workshop = _workshop(path, name, entry, workshop_dir, playbook_dir, (student_min, student_max))
         if workshop.ldap and ldap_uri is None:
-            raise ConfigError(
-                path, f"{name}.ldap", "the workshop needs LDAP but the location sets no LDAPURI"
-            )
+            raise ConfigError(path, f"{name}.ldap", "the workshop needs LDAP but the location sets no LDAPURI")
         workshops[workshop.name] = workshop
     _refuse_overlaps(path, workshops)
     return workshops
@@ -741,13 +705,10 @@ def _workshop(
         raise ConfigError(
             path,
             shown,
-            "not a workshop name: expected WKSHP- or CHLG- followed by letters, digits, "
-            "'-', '_' or '.'",
+            "not a workshop name: expected WKSHP- or CHLG- followed by letters, digits, '-', '_' or '.'",
         )
     if entry is None:
-        raise ConfigError(
-            path, name, "empty entry: a workshop needs at least `range: [first, last]`"
-        )
+        raise ConfigError(path, name, "empty entry: a workshop needs at least `range: [first, last]`")
     if not isinstance(entry, dict):
         raise ConfigError(path, name, f"expected a mapping of settings, found {_kind(entry)}")
     for key in entry:
@@ -803,9 +764,7 @@ def _range(path: Path, name: str, value: object, limits: tuple[int, int]) -> tup
         raise ConfigError(path, key, f"range {first}..{last} ends before it starts")
     low, high = limits
     if first < low or last > high:
-        raise ConfigError(
-            path, key, f"range {first}..{last} is outside STUDENTMIN..STUDENTMAX ({low}..{high})"
-        )
+        raise ConfigError(path, key, f"range {first}..{last} is outside STUDENTMIN..STUDENTMAX ({low}..{high})")
     return first, last
 
 
@@ -822,9 +781,7 @@ def _hooks(path: Path, name: str, value: object, convention_dir: Path) -> dict[s
     hooks: dict[str, Path] = {}
     if value is not None:
         if not isinstance(value, dict):
-            raise ConfigError(
-                path, f"{name}.hooks", f"expected a mapping of verb: playbook, found {_kind(value)}"
-            )
+            raise ConfigError(path, f"{name}.hooks", f"expected a mapping of verb: playbook, found {_kind(value)}")
         for verb, playbook in value.items():
             key = f"{name}.hooks.{verb}"
             if verb not in HOOK_VERBS:

@@ -39,9 +39,7 @@ class Playbooks:
         self.run_dir = state_dir / "run"
         self.timeout = timeout
 
-    async def run(
-        self, hook: Path, variables: Mapping[str, object], *, tag: str, secrets: Iterable[str] = ()
-    ) -> str:
+    async def run(self, hook: Path, variables: Mapping[str, object], *, tag: str, secrets: Iterable[str] = ()) -> str:
         """Run `hook` with `variables`; `tag` names the vars file (e.g. 'job12-create')."""
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         vars_file = self.run_dir / f"{tag}.json"

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from wodmail.command import Command
 from wodmail.errors import TryLater
 from wodmail.inbound import InboundMail
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +258,7 @@ class Writer:
                     return
             self._commit(batch)
 
-    def _commit(
-        self, batch: list[tuple[Callable[[sqlite3.Connection], Any], concurrent.futures.Future[Any]]]
-    ) -> None:
+    def _commit(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], concurrent.futures.Future[Any]]]) -> None:
         conn = self._conn
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
@@ -268,7 +267,7 @@ class Writer:
                 conn.execute("SAVEPOINT one")
                 try:
                     value = fn(conn)
-                except Exception as exc:  # the caller gets its own error; the batch goes on
+                except Exception as exc:  # noqa: BLE001 - the caller gets its own error; the batch goes on
                     conn.execute("ROLLBACK TO one")
                     conn.execute("RELEASE one")
                     results.append((future, None, exc))
@@ -279,10 +278,8 @@ class Writer:
             self.commits += 1
         except sqlite3.Error as exc:
             log.error("queue commit failed: %s", exc)
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             failure = TryLater(f"the queue could not commit: {exc}")
             for _fn, future in batch:
                 future.set_exception(failure)
@@ -374,16 +371,15 @@ def recover(conn: sqlite3.Connection) -> list[int]:
     """At start-up: jobs left running were interrupted; queue them again or set them aside."""
     held: list[int] = []
     rows = conn.execute("SELECT id, crashes FROM jobs WHERE state = 'running'").fetchall()
-    for job_id, crashes in rows:
-        crashes += 1
+    for job_id, earlier in rows:
+        crashes = earlier + 1
         if crashes >= MAX_CRASHES:
             conn.execute(
                 "UPDATE jobs SET state = 'held', crashes = ?, finished = ?, error = ? WHERE id = ?",
                 (
                     crashes,
                     time.time(),
-                    f"interrupted {crashes} times while running: set aside for an operator"
-                    f" (wodmail retry {job_id})",
+                    f"interrupted {crashes} times while running: set aside for an operator (wodmail retry {job_id})",
                     job_id,
                 ),
             )
@@ -397,9 +393,7 @@ def requeue_stopped(job_ids: Sequence[int]) -> Callable[[sqlite3.Connection], No
     """Hand back jobs a clean shutdown interrupted: they are not crashes."""
 
     def run(conn: sqlite3.Connection) -> None:
-        conn.executemany(
-            "UPDATE jobs SET state = 'queued' WHERE id = ? AND state = 'running'", [(i,) for i in job_ids]
-        )
+        conn.executemany("UPDATE jobs SET state = 'queued' WHERE id = ? AND state = 'running'", [(i,) for i in job_ids])
 
     return run
 
@@ -412,9 +406,7 @@ def claim(job_id: int) -> Callable[[sqlite3.Connection], dict[str, Any]]:
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, started = ? WHERE id = ?",
             (time.time(), job_id),
         )
-        rows = conn.execute(
-            "SELECT name, result FROM steps WHERE job_id = ? AND state = 'done'", (job_id,)
-        ).fetchall()
+        rows = conn.execute("SELECT name, result FROM steps WHERE job_id = ? AND state = 'done'", (job_id,)).fetchall()
         return {name: json.loads(result) if result is not None else None for name, result in rows}
 
     return run
@@ -462,9 +454,9 @@ def step_failed(job_id: int, name: str, started: float, error: str) -> Callable[
     return run
 
 
-def finish(job_id: int, state: str, outcome: str | None = None, error: str | None = None) -> Callable[
-    [sqlite3.Connection], None
-]:
+def finish(
+    job_id: int, state: str, outcome: str | None = None, error: str | None = None
+) -> Callable[[sqlite3.Connection], None]:
     def run(conn: sqlite3.Connection) -> None:
         conn.execute(
             "UPDATE jobs SET state = ?, finished = ?, outcome = ?, error = ? WHERE id = ?",
@@ -494,11 +486,12 @@ def retry(job_id: int) -> Callable[[sqlite3.Connection], str]:
         if row[0] not in ("failed", "held"):
             raise ValueError(f"job {job_id} is {row[0]}: only failed or held jobs can be retried")
         conn.execute(
-            "UPDATE jobs SET state = 'queued', not_before = 0, retries = 0, crashes = 0, received = ?"
-            " WHERE id = ?",
+            "UPDATE jobs SET state = 'queued', not_before = 0, retries = 0, crashes = 0, received = ? WHERE id = ?",
             (time.time(), job_id),
         )
-        conn.execute("UPDATE outbox SET state = 'pending', next_attempt = 0 WHERE job_id = ? AND state = 'failed'", (job_id,))
+        conn.execute(
+            "UPDATE outbox SET state = 'pending', next_attempt = 0 WHERE job_id = ? AND state = 'failed'", (job_id,)
+        )
         return str(row[0])
 
     return run

@@ -26,6 +26,7 @@ from wodmail import queue
 from wodmail.errors import StepFailed, TransientError
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Callback, OutboxEntry
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +178,8 @@ class Outbox:
                 continue
             waits = [entry.next_attempt - now for entry in heads.values()]
             timeout = min([1.0, *waits]) if waits else 5.0
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, timeout))
-            except TimeoutError:
-                pass
 
     def _pending(self) -> list[OutboxEntry]:
         try:

@@ -22,6 +22,7 @@ from wodmail.errors import StepFailed, TransientError
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Job
 from wodmail.services import JobRun, Services, Verb
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,8 @@ class Worker:
                 self.scheduler.running.add(job.id)
                 self._tasks[job.id] = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
             timeout = POLL_INTERVAL if next_due is None else max(0.0, min(POLL_INTERVAL, next_due - now))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-            except TimeoutError:
-                pass
 
     async def _load(self, rescan: bool) -> None:
         scheduler = self.scheduler
@@ -153,7 +152,7 @@ class Worker:
         self._wake.set()
         tasks = list(self._tasks.values())
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=grace)
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
@@ -186,9 +185,7 @@ class Worker:
                 not_before = time.time() + delay
                 await self._writer.run(queue.postpone(job.id, not_before, str(exc)))
                 self.scheduler.running.discard(job.id)
-                self.scheduler.update(
-                    Job(**{**job.__dict__, "not_before": not_before, "retries": job.retries + 1})
-                )
+                self.scheduler.update(Job(**{**job.__dict__, "not_before": not_before, "retries": job.retries + 1}))
                 return
             await self._end(job, "failed", None, f"gave up after {self._retry_for:.0f} s: {exc}")
             log.warning("job %d: %s failed: %s", job.id, label, exc)

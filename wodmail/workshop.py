@@ -69,7 +69,7 @@ TEMPLATED = ("*.ipynb", "*.yaml", "*.py", "*.sh", "*.src", "*.tf", "*.env", "Var
 #: workshop's metadata file, which describes the workshop to the platform, not to students.
 EXCLUDED = ("*-checkpoint.ipynb", ".ipynb_checkpoints", "wod.yml")
 
-#: Values of `inventory_hostname` when the variables do not set one.
+#: The value of `inventory_hostname` when the variables do not set one.
 DEFAULT_INVENTORY_HOSTNAME = "localhost"
 
 #: A deployed notebook larger than this is not read for the completion percentage.
