@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import Daemon, Site, with_app  # noqa: E402
-from tests.standins import RegistrationApp  # noqa: E402
+from tests.conftest import Daemon, Site, with_app
+from tests.standins import RegistrationApp
 
 
 def send_burst(port: int, stdids: list[int], connections: int) -> dict[int, float]:
