@@ -138,9 +138,9 @@ class Daemon:
         self.log = site.root / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 15.0) -> Daemon:
+    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> Daemon:
         location = self.site.write()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "wodmail", "--location", str(location), "serve"],
@@ -160,6 +160,11 @@ class Daemon:
             except OSError:
                 time.sleep(0.05)
         raise AssertionError(f"wodmail serve did not listen in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """Wait for the process to end by itself (a crash point, a signal); its exit status."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -208,11 +213,11 @@ def hub() -> Iterator[JupyterHubStandin]:
 
 
 @pytest.fixture
-def daemon_factory(site: Site) -> Iterator[Callable[[], Daemon]]:
+def daemon_factory(site: Site) -> Iterator[Callable[..., Daemon]]:
     daemons: list[Daemon] = []
 
-    def start() -> Daemon:
-        daemon = Daemon(site).start()
+    def start(**env: str) -> Daemon:
+        daemon = Daemon(site).start(env=env)
         daemons.append(daemon)
         return daemon
 

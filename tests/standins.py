@@ -199,6 +199,11 @@ class _Standin:
         with self._lock:
             self._failures.append(_InjectedFailure(count, status, path_prefix))
 
+    def clear_failures(self) -> None:
+        """Forget failures injected with `fail_next` that have not happened yet."""
+        with self._lock:
+            self._failures.clear()
+
     def set_down(self, down: bool) -> None:
         """While down, every request is answered 503."""
         with self._lock:

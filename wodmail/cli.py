@@ -45,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # aiosmtpd logs every SMTP line at INFO; its warnings are enough.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         location = load_location(args.location or os.environ.get("WODMAIL_LOCATION") or None)
         result: int = args.handler(location, args)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from wodmail import queue
+from wodmail import faults, queue
 from wodmail.errors import ConfigError
 from wodmail.homes import Homes
 from wodmail.hub import Hub
@@ -37,6 +37,14 @@ from wodmail.workshop import Renderer
 log = logging.getLogger(__name__)
 
 STOP_GRACE = 20.0
+
+
+def seconds(location: Location, key: str, default: float) -> float:
+    """A duration key of the location (seconds, > 0), or its default."""
+    value = location.values.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(location.file, key, "must be a positive number of seconds")
+    return float(value)
 
 
 @contextmanager
@@ -61,15 +69,7 @@ def build_services(location: Location, client: httpx.AsyncClient) -> tuple[Servi
     app = None
     if location.api_endpoint:
         app = RegistrationApp(location.api_endpoint, location.api_user or "", location.api_password or "", client)
-    hub = None
-    if location.hub_url:
-        hub = Hub(
-            location.hub_url,
-            location.hub_token or "",
-            client,
-            spawn_timeout=float(location.values.get("HUBSPAWNTIMEOUT", 60) or 60),  # type: ignore[arg-type]
-            create_users=bool(location.values.get("HUBCREATEUSERS", False)),
-        )
+    hub = Hub.from_location(location, client)
     services = Services(
         location=location,
         homes=Homes(location.student_dir, location.skel_dir),
@@ -99,7 +99,10 @@ async def _serve(location: Location, db_path: Path, ready: asyncio.Event | None)
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), limits=limits) as client:
         services, app = build_services(location, client)
-        outbox = Outbox(db_path, writer, app, mint) if app is not None else None
+        outbox = None
+        if app is not None:
+            outbox = Outbox(db_path, writer, app, mint, backoff_cap=seconds(location, "CALLBACKBACKOFFMAX", 300))
+            faults.quiesce.append(outbox.wait_idle)
         worker = Worker(
             db_path,
             writer,
@@ -107,7 +110,8 @@ async def _serve(location: Location, db_path: Path, ready: asyncio.Event | None)
             REGISTRY,
             mint,
             concurrency=location.workers,
-            retry_for=float(location.values.get("RETRYFOR", 900) or 900),  # type: ignore[arg-type]
+            retry_for=seconds(location, "RETRYFOR", 900),
+            backoff_cap=seconds(location, "RETRYBACKOFFMAX", 300),
             on_callbacks=outbox.wake if outbox is not None else None,
         )
         intake = CommandIntake(location, writer, on_enqueued=worker.wake)

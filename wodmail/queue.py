@@ -267,6 +267,8 @@ class Writer:
                 conn.execute("SAVEPOINT one")
                 try:
                     value = fn(conn)
+                except sqlite3.OperationalError:
+                    raise  # the database itself failed (disk full, read-only, I/O): the whole batch
                 except Exception as exc:  # noqa: BLE001 - the caller gets its own error; the batch goes on
                     conn.execute("ROLLBACK TO one")
                     conn.execute("RELEASE one")

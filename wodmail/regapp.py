@@ -132,9 +132,9 @@ def describe(exc: httpx.HTTPError) -> str:
     return f"{kind}" + (f" ({exc})" if str(exc) and "token" not in str(exc).lower() else "")
 
 
-def backoff(attempts: int) -> float:
-    """Capped exponential backoff with jitter: about 1, 2, 4 ... seconds, at most BACKOFF_CAP."""
-    delay: float = min(BACKOFF_CAP, 2.0 ** max(0, attempts - 1))
+def backoff(attempts: int, cap: float = BACKOFF_CAP) -> float:
+    """Capped exponential backoff with jitter: about 1, 2, 4 ... seconds, at most `cap`."""
+    delay: float = min(cap, 2.0 ** min(max(0, attempts - 1), 30))
     return delay * random.uniform(0.5, 1.0)
 
 
@@ -148,6 +148,7 @@ class Outbox:
         app: RegistrationApp,
         mint: PasswordMint,
         concurrency: int = 16,
+        backoff_cap: float = BACKOFF_CAP,
     ) -> None:
         self._reader = queue.connect(db_path)
         self._writer = writer
@@ -155,6 +156,10 @@ class Outbox:
         self._mint = mint
         self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(concurrency)
+        self._backoff_cap = backoff_cap
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.delivered = 0
 
     def wake(self) -> None:
@@ -162,6 +167,10 @@ class Outbox:
 
     def close(self) -> None:
         self._reader.close()
+
+    async def wait_idle(self) -> None:
+        """Return once no callback is in flight."""
+        await self._idle.wait()
 
     async def run(self) -> None:
         """Deliver until cancelled."""
@@ -174,7 +183,13 @@ class Outbox:
                 heads.setdefault(entry.student, entry)
             due = [entry for entry in heads.values() if entry.next_attempt <= now]
             if due:
-                await asyncio.gather(*(self._deliver(entry) for entry in due))
+                outcomes = await asyncio.gather(*(self._deliver(entry) for entry in due), return_exceptions=True)
+                if any(isinstance(outcome, BaseException) for outcome in outcomes):
+                    # The queue could not record an outcome (disk full, read-only STATEDIR):
+                    # nothing is lost (the entries are still pending); pause, then go on.
+                    failure = next(o for o in outcomes if isinstance(o, BaseException))
+                    log.error("outbox: cannot record deliveries: %s", failure)
+                    await asyncio.sleep(1.0)
                 continue
             waits = [entry.next_attempt - now for entry in heads.values()]
             timeout = min([1.0, *waits]) if waits else 5.0
@@ -194,21 +209,31 @@ class Outbox:
             body[entry.secret_field] = self._mint.password(entry.job_id, entry.secret_name)
         what = f"{entry.method} {entry.path}"
         async with self._limit:
+            self._in_flight += 1
+            self._idle.clear()
             try:
-                await self._app.request(entry.method, entry.path, body)
-            except TransientError as exc:
-                delay = backoff(entry.attempts + 1)
-                log.info("job %d: callback %s not delivered (%s), next try in %.1f s", entry.job_id, what, exc, delay)
+                await self._send(entry, body, what)
+            finally:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.set()
+
+    async def _send(self, entry: OutboxEntry, body: dict[str, Any], what: str) -> None:
+        """One delivery try; its outcome (delivered, retry at, set aside) is committed."""
+        try:
+            await self._app.request(entry.method, entry.path, body)
+        except TransientError as exc:
+            delay = backoff(entry.attempts + 1, self._backoff_cap)
+            log.info("job %d: callback %s not delivered (%s), next try in %.1f s", entry.job_id, what, exc, delay)
+            await self._writer.run(queue.outbox_failed(entry.id, time.time() + delay, str(exc)))
+            return
+        except AppRefused as exc:
+            if entry.attempts + 1 >= MAX_CLIENT_ERRORS:
+                log.warning("job %d: callback %s set aside: %s", entry.job_id, what, exc)
+                await self._writer.run(queue.outbox_failed(entry.id, None, str(exc)))
+            else:
+                delay = backoff(entry.attempts + 1, self._backoff_cap)
                 await self._writer.run(queue.outbox_failed(entry.id, time.time() + delay, str(exc)))
-                return
-            except AppRefused as exc:
-                if entry.attempts + 1 >= MAX_CLIENT_ERRORS:
-                    log.warning("job %d: callback %s set aside: %s", entry.job_id, what, exc)
-                    await self._writer.run(queue.outbox_failed(entry.id, None, str(exc)))
-                else:
-                    await self._writer.run(
-                        queue.outbox_failed(entry.id, time.time() + backoff(entry.attempts + 1), str(exc))
-                    )
-                return
+            return
         await self._writer.run(queue.outbox_delivered(entry.id))
         self.delivered += 1

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from wodmail import queue
 from wodmail.command import Command
 from wodmail.errors import StepFailed, WodmailError
+from wodmail.faults import crash_point
 from wodmail.homes import Homes
 from wodmail.hub import Hub
 from wodmail.location import Location, Workshop
@@ -159,6 +160,7 @@ class JobRun:
         if name in self._done:
             return self._done[name]
         started = time.time()
+        await crash_point(self.command, name, "start")
         try:
             if inspect.iscoroutinefunction(action):
                 result = await action(*args)
@@ -174,9 +176,11 @@ class JobRun:
                 queue.step_failed(self.job.id, name, started, f"internal error: {type(exc).__name__}: {exc}")
             )
             raise
+        await crash_point(self.command, name, "done")
         await self._writer.run(queue.step_done(self.job.id, self.command.stdid, name, started, result))
         self._done[name] = result
         self.steps_run.append(name)
+        await crash_point(self.command, name, "recorded")
         return result
 
     async def callbacks(self, name: str, services: Services, *callbacks: Callback) -> None:
@@ -192,9 +196,11 @@ class JobRun:
 
     async def _record(self, name: str, result: str, callbacks: tuple[Callback, ...]) -> None:
         started = time.time()
+        await crash_point(self.command, name, "start")
         await self._writer.run(queue.step_done(self.job.id, self.command.stdid, name, started, result, callbacks))
         self._done[name] = result
         self.steps_run.append(name)
+        await crash_point(self.command, name, "recorded")
 
 
 class Verb(Protocol):

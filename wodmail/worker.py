@@ -15,10 +15,11 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from wodmail import queue
-from wodmail.errors import StepFailed, TransientError
+from wodmail.errors import StepFailed, TransientError, TryLater
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Job
 from wodmail.services import JobRun, Services, Verb
@@ -91,6 +92,7 @@ class Worker:
         *,
         concurrency: int,
         retry_for: float,
+        backoff_cap: float = 300.0,
         on_callbacks: Callable[[], None] | None = None,
     ) -> None:
         self._reader = queue.connect(db_path)
@@ -100,6 +102,7 @@ class Worker:
         self._mint = mint
         self._concurrency = concurrency
         self._retry_for = retry_for
+        self._backoff_cap = backoff_cap
         self._on_callbacks = on_callbacks
         self.scheduler = Scheduler()
         self._wake = asyncio.Event()
@@ -165,6 +168,12 @@ class Worker:
     async def _run_job(self, job: Job) -> None:
         try:
             await self._execute(job)
+        except TryLater as exc:
+            # The queue cannot commit (disk full, read-only STATEDIR). The job keeps its place
+            # and is tried again; its finished steps are skipped then, the rest converge.
+            log.error("job %d: the queue cannot record progress (%s); trying again in 5 s", job.id, exc)
+            self.scheduler.running.discard(job.id)
+            self.scheduler.update(replace(job, not_before=time.time() + 5.0))
         finally:
             self._tasks.pop(job.id, None)
             self._wake.set()
@@ -180,12 +189,12 @@ class Worker:
             outcome = await verb.run(run, self._services)
         except TransientError as exc:
             if time.time() - job.received < self._retry_for:
-                delay = min(300.0, 2.0 ** min(job.retries, 8)) * random.uniform(0.5, 1.0)
+                delay = min(self._backoff_cap, 2.0 ** min(job.retries, 16)) * random.uniform(0.5, 1.0)
                 log.info("job %d: %s: %s; retrying in %.1f s", job.id, label, exc, delay)
                 not_before = time.time() + delay
                 await self._writer.run(queue.postpone(job.id, not_before, str(exc)))
                 self.scheduler.running.discard(job.id)
-                self.scheduler.update(Job(**{**job.__dict__, "not_before": not_before, "retries": job.retries + 1}))
+                self.scheduler.update(replace(job, not_before=not_before, retries=job.retries + 1))
                 return
             await self._end(job, "failed", None, f"gave up after {self._retry_for:.0f} s: {exc}")
             log.warning("job %d: %s failed: %s", job.id, label, exc)

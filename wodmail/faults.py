@@ -1,0 +1,48 @@
+"""Crash points for the fault tests, and nothing else.
+
+`WODMAIL_CRASH_AT` (read once, at import) names places where the daemon kills itself with
+SIGKILL, the way a power cut or the OOM killer would, so tests can show that a job
+interrupted there converges after a restart:
+
+    WODMAIL_CRASH_AT="CREATE:deploy workshop:done; CLEANUP 7:erase home:recorded"
+
+Each entry is `VERB[ STDID]:STEP:WHEN`, WHEN being `start` (before the step's action),
+`done` (the action finished, not yet recorded) or `recorded` (its record committed).
+Unset (production), `crash_point` returns at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+from wodmail.command import Command
+
+POINTS: frozenset[tuple[str, int | None, str, str]] = frozenset()
+#: Waits until no callback is in flight, so a crash "between two steps" is only that.
+quiesce: list[Callable[[], Awaitable[None]]] = []
+
+
+def parse(spec: str) -> frozenset[tuple[str, int | None, str, str]]:
+    points = set()
+    for entry in filter(None, (part.strip() for part in spec.split(";"))):
+        who, step, when = (piece.strip() for piece in entry.rsplit(":", 2)) if entry.count(":") >= 2 else ("", "", "")
+        if when not in ("start", "done", "recorded") or not who or not step:
+            raise ValueError(f"WODMAIL_CRASH_AT entry {entry!r} is not VERB[ STDID]:STEP:start|done|recorded")
+        verb, _, stdid = who.partition(" ")
+        points.add((verb.upper(), int(stdid) if stdid else None, step, when))
+    return frozenset(points)
+
+
+POINTS = parse(os.environ.get("WODMAIL_CRASH_AT", ""))
+
+
+async def crash_point(command: Command, step: str, when: str) -> None:
+    if not POINTS:
+        return
+    if (command.verb, None, step, when) in POINTS or (command.verb, command.stdid, step, when) in POINTS:
+        for wait in quiesce:
+            await asyncio.wait_for(wait(), timeout=5)
+        os.kill(os.getpid(), signal.SIGKILL)
