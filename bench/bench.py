@@ -1,0 +1,379 @@
+"""The benchmark: wodmail against a bare SMTP listener and against the platform it replaces.
+
+    .venv/bin/python bench/bench.py [--count 1000] [--connections 50] [--ansible-students 5]
+                                    [--no-ldap] [--json FILE]
+
+On one machine, all on loopback, in one run:
+
+1. a bare aiosmtpd listener that stores nothing: the intake rate to compare with;
+2. a real `wodmail serve` on a temporary location: a 10-notebook `ldap` + `varpass`
+   workshop, a real slapd holding the students, the registration-app stand-in from the
+   tests; a burst of --count CREATE mails over --connections SMTP connections, then the
+   --count CLEANUPs;
+3. the replaced platform's way for --ansible-students students: one `ansible-playbook` run
+   per student with a template task per notebook.
+
+It reports the intake rate (250s per second, each after an fsync'd commit) and its ratio to
+the bare listener, the end-to-end rate (commands per second until every callback arrived),
+p50/p95/p99 from each 250 to that command's last callback, the daemon's CPU seconds per
+command (user + system, from /proc), its peak RSS, the LDAP and HTTP connections it
+opened, and the CPU per CREATE of the ansible path against wodmail's. A table on stdout,
+the same figures as JSON with --json. Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.conftest import Daemon, Site, with_app
+from tests.standins import RegistrationApp
+
+TICKS = os.sysconf("SC_CLK_TCK")
+NOTEBOOKS = 10
+
+
+# --- the workshop: 10 realistic notebooks using the student's values ---
+
+
+def notebook(index: int) -> dict[str, Any]:
+    cells: list[dict[str, Any]] = [
+        {
+            "cell_type": "markdown",
+            "metadata": {},
+            "source": [
+                f"# Lab {index}: working with the API\n",
+                "\n",
+                "You are **student{{ STDID }}** on {{ JPHOSTEXT }}; your password is `{{ PASSSTU }}`.\n",
+            ],
+        }
+    ]
+    for cell in range(24):
+        cells.append(
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "metadata": {},
+                "outputs": [],
+                "source": [
+                    "import requests\n",
+                    f"# step {cell} of lab {index}\n",
+                    "url = 'https://{{ JPHOSTEXT }}/api/v1/student{{ STDID }}'\n",
+                    "auth = ('student{{ STDID }}', '{{ PASSSTU }}')\n",
+                    "print(requests.get(url, auth=auth, timeout=10).status_code)\n",
+                ],
+            }
+        )
+        cells.append(
+            {
+                "cell_type": "markdown",
+                "metadata": {},
+                "source": [f"Explanation {cell}: " + "lorem ipsum dolor sit amet " * 12 + "\n"],
+            }
+        )
+    return {
+        "cells": cells,
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def write_workshop(catalog: Path) -> Path:
+    root = catalog / "WKSHP-Bench"
+    root.mkdir(parents=True)
+    for index in range(NOTEBOOKS):
+        (root / f"{index}-Lab.ipynb").write_text(json.dumps(notebook(index), indent=1) + "\n")
+    return root
+
+
+# --- process figures ---
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- sending ---
+
+
+def send_burst(port: int, subjects: list[tuple[int, str]], body: str, connections: int) -> dict[int, float]:
+    """Send every (key, subject) over `connections` SMTP sessions; when each got its 250."""
+    accepted: dict[int, float] = {}
+    lock = threading.Lock()
+    lanes = [subjects[i::connections] for i in range(connections)]
+    failures: list[str] = []
+
+    def lane(items: list[tuple[int, str]]) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=120) as client:
+            client.ehlo()
+            for key, subject in items:
+                client.mail("wod@example.com")
+                client.rcpt("jupyter@example.com")
+                code, text = client.data(f"Subject: {subject}\r\n\r\n{body}\r\n".encode())
+                if code != 250:
+                    failures.append(f"{subject}: {code} {text!r}")
+                    continue
+                with lock:
+                    accepted[key] = time.monotonic()
+
+    threads = [threading.Thread(target=lane, args=(items,)) for items in lanes if items]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} mails refused, first: {failures[0]}")
+    return accepted
+
+
+def bare_aiosmtpd_rate(count: int, connections: int) -> float:
+    """Mails per second answered by an aiosmtpd that stores nothing, in its own process."""
+    code = """
+import asyncio, sys
+from aiosmtpd.smtp import SMTP
+class Nothing:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(Nothing(), loop=loop), "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        subjects = [(i, f"CREATE {i} c{i}") for i in range(count)]
+        started = time.monotonic()
+        send_burst(port, subjects, "WKSHP-Bench", connections)
+        return count / (time.monotonic() - started)
+    finally:
+        process.kill()
+        process.wait()
+
+
+# --- the replaced platform ---
+
+ANSIBLE_PLAYBOOK = """\
+- hosts: localhost
+  gather_facts: false
+  tasks:
+{tasks}
+"""
+
+
+def ansible_cpu_per_student(workshop: Path, students: int, out: Path) -> float:
+    """CPU seconds per student of `ansible-playbook` templating the notebooks, one run each."""
+    tasks = "\n".join(
+        f"    - ansible.builtin.template:\n        src: {nb}\n        dest: \"{out}/student{{{{ STDID }}}}/{nb.name}\""
+        for nb in sorted(workshop.glob("*.ipynb"))
+    )
+    playbook = out / "copy_folder.yml"
+    out.mkdir(parents=True, exist_ok=True)
+    playbook.write_text(ANSIBLE_PLAYBOOK.format(tasks=tasks))
+    ansible = Path(sys.executable).parent / "ansible-playbook"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for stdid in range(1, students + 1):
+        (out / f"student{stdid}").mkdir(exist_ok=True)
+        subprocess.run(
+            [
+                str(ansible),
+                "-i",
+                "localhost,",
+                "-c",
+                "local",
+                "-e",
+                f"ansible_python_interpreter={sys.executable}",
+                "-e",
+                f"STDID={stdid}",
+                "-e",
+                "PASSSTU=Secret123",
+                "-e",
+                "JPHOSTEXT=nb.example.com",
+                str(playbook),
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "ANSIBLE_NOCOWS": "1", "ANSIBLE_LOCALHOST_WARNING": "false"},
+        )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return used / students
+
+
+# --- the run ---
+
+
+def wait_callbacks(app: RegistrationApp, want: dict[str, int], per_key: int, timeout: float) -> dict[int, float]:
+    """Per student: when its last expected callback arrived (the `per_key`-th PUT on its paths)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        arrivals: dict[int, list[float]] = {}
+        for call in app.puts():
+            key = want.get(call.path)
+            if key is not None:
+                arrivals.setdefault(key, []).append(call.at)
+        if len(arrivals) == len(set(want.values())) and all(len(v) >= per_key for v in arrivals.values()):
+            return {key: sorted(times)[per_key - 1] for key, times in arrivals.items()}
+        time.sleep(0.05)
+    raise RuntimeError(f"callbacks still missing after {timeout} s")
+
+
+def phase(
+    site: Site,
+    app: RegistrationApp,
+    pid: int,
+    verb: str,
+    count: int,
+    connections: int,
+    callbacks_before: int,
+    callbacks: int,
+) -> dict[str, Any]:
+    subjects = [(s, f"{verb} {s} c{s}") for s in range(1, count + 1)]
+    cpu_before = cpu_seconds(pid)
+    started = time.monotonic()
+    accepted = send_burst(site.smtp_port, subjects, "WKSHP-Bench", connections)
+    intake_seconds = time.monotonic() - started
+    paths = {}
+    for s in range(1, count + 1):
+        paths[f"/customer/c{s}"] = s
+        paths[f"/student/{s + 1000}"] = s
+    last = wait_callbacks(app, paths, callbacks_before + callbacks, timeout=600)
+    finished = max(last.values())
+    latency = sorted(last[s] - accepted[s] for s in accepted)
+    q = statistics.quantiles(latency, n=100)
+    cpu = cpu_seconds(pid) - cpu_before
+    return {
+        "intake_per_s": count / intake_seconds,
+        "end_to_end_per_s": count / (finished - started),
+        "p50_s": q[49],
+        "p95_s": q[94],
+        "p99_s": q[98],
+        "max_s": latency[-1],
+        "cpu_ms_per_command": 1000 * cpu / count,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {"count": args.count, "connections": args.connections, "ldap": not args.no_ldap}
+    report["bare_aiosmtpd_per_s"] = bare_aiosmtpd_rate(args.count, args.connections)
+    with tempfile.TemporaryDirectory() as tmp, RegistrationApp() as app:
+        root = Path(tmp)
+        workshop = write_workshop(root / "catalog")
+        site = Site(root)
+        with_app(site, app)
+        site.values.update(WORKSHOPDIR=str(root / "catalog"), STUDENTMAX=max(2000, args.count), WORKERS=args.workers)
+        entry: dict[str, Any] = {"range": [1, args.count], "varpass": True}
+        slapd = None
+        if not args.no_ldap:
+            from tests.slapd import Slapd
+
+            slapd = Slapd(root / "slapd")
+            slapd.add_students({s: f"initial-{s}" for s in range(1, args.count + 1)})
+            slapd.start()
+            site.values.update(slapd.location_keys())
+            entry["ldap"] = True
+        site.workshops = {"WKSHP-Bench": entry}
+        try:
+            ldap_before = slapd.connections_total() if slapd else 0
+            daemon = Daemon(site).start()
+            assert daemon.process is not None
+            pid = daemon.process.pid
+            http_before = app.connections_accepted
+            report["create"] = phase(site, app, pid, "CREATE", args.count, args.connections, 0, 1)
+            report["peak_rss_mib_after_create_burst"] = peak_rss_mib(pid)
+            report["cleanup"] = phase(site, app, pid, "CLEANUP", args.count, args.connections, 1, 2)
+            report["peak_rss_mib"] = peak_rss_mib(pid)
+            report["http_connections_opened"] = app.connections_accepted - http_before
+            if slapd:
+                report["ldap_connections_opened"] = slapd.connections_total() - ldap_before - 1
+            daemon.stop()
+        finally:
+            if slapd:
+                slapd.stop()
+        report["ansible_cpu_s_per_student"] = ansible_cpu_per_student(workshop, args.ansible_students, root / "ansible")
+    report["intake_ratio_to_bare"] = report["create"]["intake_per_s"] / report["bare_aiosmtpd_per_s"]
+    report["cpu_ratio_ansible_to_wodmail"] = (
+        1000 * report["ansible_cpu_s_per_student"] / report["create"]["cpu_ms_per_command"]
+    )
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    create, cleanup = report["create"], report["cleanup"]
+    rows = [
+        ("bare aiosmtpd intake", f"{report['bare_aiosmtpd_per_s']:.0f} mails/s", ""),
+        (
+            "wodmail intake (fsync'd before 250)",
+            f"{create['intake_per_s']:.0f} mails/s",
+            f"{100 * report['intake_ratio_to_bare']:.0f}% of bare (target >= 1000/s and >= 80%)",
+        ),
+        ("CREATE end to end", f"{create['end_to_end_per_s']:.0f} /s", "target >= 200/s"),
+        (
+            "CREATE 250 -> last callback",
+            f"p50 {create['p50_s']:.2f} s  p95 {create['p95_s']:.2f} s  p99 {create['p99_s']:.2f} s",
+            "target p99 <= 10 s",
+        ),
+        ("CREATE CPU", f"{create['cpu_ms_per_command']:.2f} ms/command", "target < 10 ms"),
+        ("CLEANUP end to end", f"{cleanup['end_to_end_per_s']:.0f} /s", ""),
+        (
+            "CLEANUP 250 -> last callback",
+            f"p50 {cleanup['p50_s']:.2f} s  p95 {cleanup['p95_s']:.2f} s  p99 {cleanup['p99_s']:.2f} s",
+            "",
+        ),
+        ("CLEANUP CPU", f"{cleanup['cpu_ms_per_command']:.2f} ms/command", ""),
+        ("daemon peak RSS", f"{report['peak_rss_mib']:.0f} MiB", "target <= 150 MiB"),
+        ("HTTP connections opened", str(report["http_connections_opened"]), ""),
+        ("LDAP connections opened", str(report.get("ldap_connections_opened", "-")), ""),
+        ("ansible-playbook CPU per student", f"{report['ansible_cpu_s_per_student']:.2f} s", ""),
+        ("CPU ratio ansible / wodmail CREATE", f"{report['cpu_ratio_ansible_to_wodmail']:.0f}x", "target >= 500x"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    head = f"wodmail benchmark: {report['count']} commands, {report['connections']} SMTP connections"
+    head += ", LDAP on" if report["ldap"] else ", LDAP off"
+    return "\n".join([head] + [f"  {a:<{width}}  {b:<{value_width}}  {c}" for a, b, c in rows])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--ansible-students", type=int, default=5)
+    parser.add_argument("--no-ldap", action="store_true", help="a workshop without LDAP (no slapd needed)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    report = run(args)
+    print(table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
