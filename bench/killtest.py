@@ -94,7 +94,7 @@ def mail(message_id: str, subject: str, body: str = "WKSHP-Sample") -> tuple[str
 
 def run(students: int, kills: int, seed: int, connections: int) -> dict[str, object]:
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory() as tmp, RegistrationApp() as app:
+    with tempfile.TemporaryDirectory() as tmp, RegistrationApp() as app, contextlib.ExitStack() as cleanup:
         site = Site(Path(tmp))
         with_app(site, app)
         site.values.update(STUDENTMAX=max(2000, students + 10), CALLBACKBACKOFFMAX=1)
@@ -116,7 +116,8 @@ def run(students: int, kills: int, seed: int, connections: int) -> dict[str, obj
         ]
         lanes[0][len(lanes[0]) // 2 : len(lanes[0]) // 2] = invalid
 
-        daemon = Daemon(site).start()
+        daemons = [Daemon(site).start()]
+        cleanup.callback(lambda: daemons[-1].stop())  # noqa: PLW0108 - the last one, when it runs
         sender = Sender(site.smtp_port)
         threads = [threading.Thread(target=sender.send_all, args=(lane,)) for lane in lanes]
         started = time.monotonic()
@@ -125,9 +126,9 @@ def run(students: int, kills: int, seed: int, connections: int) -> dict[str, obj
         done_kills = 0
         while done_kills < kills:
             time.sleep(rng.uniform(0.2, 1.5))
-            daemon.kill()
+            daemons[-1].kill()
             done_kills += 1
-            daemon = Daemon(site).start()
+            daemons.append(Daemon(site).start())
         for thread in threads:
             thread.join()
         sent_for = time.monotonic() - started
@@ -141,7 +142,7 @@ def run(students: int, kills: int, seed: int, connections: int) -> dict[str, obj
             time.sleep(0.2)
         app.wait_for(lambda a: len(a.puts()) >= 6 * students, timeout=120)
         time.sleep(1.0)  # let a last retried callback land, if any
-        daemon.stop()
+        daemons[-1].stop()
 
         with site.db() as conn:
             rows = conn.execute("SELECT id, message_id, state FROM jobs").fetchall()

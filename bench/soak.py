@@ -11,6 +11,7 @@ stayed flat: the last third's mean RSS within 10% of the second third's (after w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import smtplib
@@ -45,7 +46,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     students = 1000
-    with tempfile.TemporaryDirectory() as tmp, RegistrationApp() as app:
+    with tempfile.TemporaryDirectory() as tmp, RegistrationApp() as app, contextlib.ExitStack() as cleanup:
         site = Site(Path(tmp))
         with_app(site, app)
         site.workshops = {"WKSHP-Sample": {"range": [1, students], "varpass": True}}
@@ -53,6 +54,7 @@ def main() -> int:
         shutil.copytree(SAMPLES / "WKSHP-Sample", Path(tmp) / "catalog" / "WKSHP-Sample")
         site.values["WORKSHOPDIR"] = str(Path(tmp) / "catalog")
         daemon = Daemon(site).start()
+        cleanup.callback(daemon.stop)
         assert daemon.process is not None
         pid = daemon.process.pid
         samples: list[tuple[float, int]] = []
@@ -84,7 +86,6 @@ def main() -> int:
             client.quit()
         site.wait_jobs(sent, timeout=120)
         samples.append((round(time.monotonic() - started, 1), rss_kib(pid)))
-        daemon.stop()
     third = max(1, len(samples) // 3)
     middle = statistics.mean(r for _t, r in samples[third : 2 * third] or samples)
     last = statistics.mean(r for _t, r in samples[2 * third :])

@@ -554,5 +554,75 @@ def test_compiled_workshop_describes_its_content() -> None:
 
 
 def test_missing_workshop_folder_is_a_step_failure(tmp_path: Path) -> None:
-    with pytest.raises(StepFailed, match="WKSHP-Nowhere: the workshop folder .* is missing"):
+    with pytest.raises(StepFailed, match=r"WKSHP-Nowhere: the workshop folder .* is missing"):
         Renderer().workshop(tmp_path / "WKSHP-Nowhere")
+
+
+# --------------------------------------------------------------------------- compiled templates kept on disk
+
+
+def test_a_restarted_renderer_takes_its_templates_from_the_code_cache(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "state" / "template-cache"
+    first = Renderer(code_cache=cache).workshop(SHIPPED / "WKSHP-Sample")
+    kept = sorted(cache.iterdir())
+    assert len(kept) == len(first.templates) == 4
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+
+    def no_compiling(self: Any, *args: Any, **kw: Any) -> Any:
+        raise AssertionError(f"compiled {kw.get('name')} again")
+
+    monkeypatch.setattr(ImmutableSandboxedEnvironment, "compile", no_compiling)
+    again = Renderer(code_cache=cache).workshop(SHIPPED / "WKSHP-Sample")
+    again.render_into(home / "WKSHP-Sample", variables())
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    first.render_into(reference / "WKSHP-Sample", variables())
+
+    for path in again.templates:
+        assert (home / "WKSHP-Sample" / path).read_bytes() == (reference / "WKSHP-Sample" / path).read_bytes()
+    assert sorted(cache.iterdir()) == kept
+
+
+def test_a_cached_template_still_names_the_line_of_an_undefined_variable(tmp_path: Path, home: Path) -> None:
+    cache = tmp_path / "template-cache"
+    Renderer(code_cache=cache).workshop(DATA / "WKSHP-UndefinedVariable")
+    compiled = Renderer(code_cache=cache).workshop(DATA / "WKSHP-UndefinedVariable")
+    values = variables()
+    del values["PASSSTU"]
+
+    with pytest.raises(
+        StepFailed, match=r"^WKSHP-UndefinedVariable/1-Intro\.ipynb line \d+: undefined variable 'PASSSTU'$"
+    ):
+        compiled.render_into(home / compiled.name, values)
+
+
+def test_a_changed_or_damaged_template_is_compiled_again(
+    tmp_path: Path, home: Path, catalog: Callable[[str], Path]
+) -> None:
+    cache = tmp_path / "template-cache"
+    content = catalog("WKSHP-QuotedValues")
+    Renderer(code_cache=cache).workshop(content)
+    kept = sorted(cache.iterdir())
+    (content / "values.py").write_text("VALUE = 'changed: {{ VALUE }}'\n")
+    for file in kept:
+        if file.read_bytes() and file != kept[0]:
+            file.write_bytes(b"\x00damaged")
+
+    compiled = Renderer(code_cache=cache).workshop(content)
+    compiled.render_into(home / content.name, variables(VALUE="v"))
+
+    assert (home / content.name / "values.py").read_text() == "VALUE = 'changed: v'\n"
+    assert sorted(cache.iterdir()) == kept  # replaced in place: one file per template
+
+
+def test_a_cache_folder_others_may_write_is_not_used(tmp_path: Path, home: Path) -> None:
+    cache = tmp_path / "template-cache"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o777)
+
+    compiled = Renderer(code_cache=cache).workshop(SHIPPED / "WKSHP-Sample")
+    compiled.render_into(home / "WKSHP-Sample", variables())
+
+    assert list(cache.iterdir()) == []

@@ -8,6 +8,12 @@
     wodmail [--location FILE] refused [show ID]      mails refused at the doors, and why
     wodmail [--location FILE] outbox                 callbacks waiting for the registration app
     wodmail [--location FILE] check                  load the location and its workshops, report
+    wodmail [--location FILE] render WKSHP-Name --student N [--out DIR] [--password X]
+                                                     render a workshop for one student, nothing else
+    wodmail [--location FILE] workshops sync [--write FILE]
+                                                     the registration app's workshops against ours
+    wodmail [--location FILE] send VERB ARGS... --workshop NAME [--customer C] [--email A] [--print]
+                                                     compose a signed command mail and submit it
 
 The location is FILE, else $WODMAIL_LOCATION, else the embedded locations/local.yaml.
 Exit codes follow sysexits: 65 bad data, 75 try again later, 77 not permitted, 78 bad
@@ -20,6 +26,7 @@ import argparse
 import asyncio
 import logging
 import os
+import smtplib
 import sqlite3
 import sys
 import time
@@ -45,8 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # aiosmtpd logs every SMTP line at INFO; its warnings are enough.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # aiosmtpd logs every SMTP line and httpx every request at INFO; their warnings are enough.
+    for chatty in ("mail.log", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         location = load_location(args.location or os.environ.get("WODMAIL_LOCATION") or None)
         result: int = args.handler(location, args)
@@ -66,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the daemon")
     serve.set_defaults(handler=cmd_serve)
+
+    # Started by `serve` (wodmail/jobs.py), not by operators.
+    jobs_process = sub.add_parser("jobs-process", help=argparse.SUPPRESS)
+    jobs_process.add_argument("--wake-fd", type=int, required=True)
+    jobs_process.set_defaults(handler=cmd_jobs_process)
 
     deliver = sub.add_parser("deliver", help="take one command mail on stdin")
     deliver.add_argument("-f", "--sender", help="the envelope sender (default: $SENDER)")
@@ -95,14 +108,94 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="load the location and its workshops")
     check.set_defaults(handler=cmd_check)
+
+    render = sub.add_parser(
+        "render", help="render a workshop for one student into a folder (no queue, directory or app)"
+    )
+    render.add_argument("workshop", help="WKSHP-Name or CHLG-Name (a catalog folder, served or not)")
+    render.add_argument("--student", type=int, required=True, metavar="N", help="the student number")
+    render.add_argument("--out", help="the folder standing for the student's home (default: a new temporary one)")
+    render.add_argument("--password", help="PASSSTU for varpass/ldap workshops (default: a random one, not shown)")
+    render.set_defaults(handler=cmd_render)
+
+    workshops = sub.add_parser("workshops", help="the workshops file and the registration app")
+    workshops_sub = workshops.add_subparsers(dest="workshops_command", required=True)
+    sync = workshops_sub.add_parser("sync", help="show how the app's GET /workshops differs from the workshops file")
+    sync.add_argument("--write", metavar="FILE", help="also write the workshops file the app describes to FILE")
+    sync.add_argument(
+        "--backend",
+        action="append",
+        help="compare the app's workshops located here (repeatable; default: JPHOSTEXT and JPHOST)",
+    )
+    sync.add_argument("--all", action="store_true", help="compare every workshop the app lists")
+    sync.set_defaults(handler=cmd_workshops_sync)
+
+    send = sub.add_parser("send", help="compose a signed command mail and submit it (see wodmail/send.py)")
+    send.add_argument("verb", help="CREATE, CLEANUP (DELETE), RESET or PURGE")
+    send.add_argument("arguments", nargs="*", help="the Subject's arguments: STUDENT [CUSTOMER [EMAIL]]")
+    send.add_argument("--workshop", help="the workshop (the mail's body), e.g. WKSHP-Ansible101")
+    send.add_argument("--customer", help="the customer id, added after the positional arguments")
+    send.add_argument("--email", help="the customer's address (CREATE), added last")
+    send.add_argument("--key", help="the id of the key to sign with (default: the first of SIGNINGKEYS)")
+    send.add_argument("--from", dest="sender", help="the envelope and From: sender (default: user@host)")
+    send.add_argument("--to", dest="recipient", default="wodmail@localhost", help="the recipient")
+    send.add_argument("--print", dest="print_only", action="store_true", help="print the mail instead of sending")
+    send.set_defaults(handler=cmd_send)
     return parser
+
+
+def cmd_jobs_process(location: Location, args: argparse.Namespace) -> int:
+    from wodmail.jobs import run_jobs
+
+    asyncio.run(run_jobs(location, args.wake_fd))
+    return 0
 
 
 def cmd_serve(location: Location, args: argparse.Namespace) -> int:
     from wodmail.daemon import serve
 
+    for warning in location.warnings:
+        logging.getLogger("wodmail.location").warning("%s", warning)
     asyncio.run(serve(location))
     return 0
+
+
+def cmd_send(location: Location, args: argparse.Namespace) -> int:
+    from wodmail.errors import BadCommand
+    from wodmail.send import compose, submit
+
+    try:
+        mail = compose(
+            location,
+            args.verb,
+            list(args.arguments),
+            workshop=args.workshop,
+            customer=args.customer,
+            address=args.email,
+            sender=args.sender,
+            recipient=args.recipient,
+            key_id=args.key,
+        )
+    except BadCommand as exc:
+        print(f"wodmail send: not a valid command: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    if args.print_only:
+        sys.stdout.buffer.write(mail.as_bytes(crlf=False))
+        sys.stdout.flush()
+        return 0
+    try:
+        reply = submit(location, mail, sender=args.sender, recipient=args.recipient)
+    except OSError as exc:
+        where = f"{location.smtp_host}:{location.smtp_port}"
+        print(f"wodmail send: cannot submit to {where}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except smtplib.SMTPException as exc:
+        print(f"wodmail send: SMTP dialogue failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    print(reply.line, file=sys.stdout if reply.accepted else sys.stderr)
+    if reply.accepted:
+        return 0
+    return {550: EX_NOPERM, 554: EX_DATAERR, 552: EX_DATAERR}.get(reply.code, EX_TEMPFAIL)
 
 
 def cmd_deliver(location: Location, args: argparse.Namespace) -> int:
@@ -284,7 +377,103 @@ def cmd_check(location: Location, args: argparse.Namespace) -> int:
             f"  {workshop.name:24} {workshop.first}..{workshop.last}  {' '.join(flags) or '-':18} {hooks}"
             f"  <- {workshop.content}"
         )
+    return check_catalog(location)
+
+
+def check_catalog(location: Location) -> int:
+    """`check`, continued: what is known but not served, the warnings, and every served
+    workshop's templates compiled (a template error would fail its CREATEs)."""
+    from wodmail.errors import StepFailed
+    from wodmail.workshop import Renderer
+
+    for name, reason in sorted(location.not_served.items()):
+        print(f"  {name:24} not served: {reason}")
+    for warning in location.warnings:
+        print(f"warning: {warning}")
+    renderer = Renderer(optional_variables=location.optional_variables)
+    failed = 0
+    for workshop in location.workshops.values():
+        try:
+            renderer.workshop(workshop.content)
+        except StepFailed as exc:
+            print(f"error: {workshop.name}: {exc}")
+            failed += 1
+    served = len(location.workshops)
+    print(
+        f"{served} workshop(s) served, {len(location.not_served)} known but not served, "
+        f"{len(location.warnings)} warning(s), {failed} with template errors"
+    )
+    return EX_DATAERR if failed else 0
+
+
+def cmd_render(location: Location, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from wodmail.catalog import render_for_student
+    from wodmail.errors import StepFailed
+
+    try:
+        report = render_for_student(
+            location,
+            args.workshop,
+            args.student,
+            out=Path(args.out) if args.out else None,
+            password=args.password,
+        )
+    except StepFailed as exc:
+        print(f"wodmail render: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(
+        f"{report.workshop.name} rendered for student{report.stdid}: {report.templated} templated and "
+        f"{report.copied} copied files in {report.dest}"
+    )
     return 0
+
+
+def cmd_workshops_sync(location: Location, args: argparse.Namespace) -> int:
+    """Exit 0: no difference; 1: differences shown; 75: the app could not be read."""
+    import httpx
+    import yaml
+
+    from wodmail import sync
+    from wodmail.errors import StepFailed, TransientError
+    from wodmail.regapp import AppRefused, RegistrationApp
+
+    if not location.api_endpoint:
+        raise ConfigError(location.file, "APIENDPOINT", "not set: there is no registration app to compare with")
+    endpoint, user, password = location.api_endpoint, location.api_user or "", location.api_password or ""
+
+    async def fetch() -> list[dict[str, object]]:
+        async with httpx.AsyncClient(timeout=30.0) as client:
+            return await RegistrationApp(endpoint, user, password, client).workshops()
+
+    try:
+        listing = sync.parse_listing(asyncio.run(fetch()))
+    except (TransientError, StepFailed, AppRefused) as exc:
+        print(f"wodmail workshops sync: cannot read {endpoint}/workshops: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    names = None if args.all else args.backend or [str(location.values.get(k) or "") for k in ("JPHOSTEXT", "JPHOST")]
+    listed, kept = sync.for_backend(listing, names)
+    local_file = sync.workshops_file(location)
+    print(f"workshops file {local_file}: {len(location.workshops)} workshops; registration app: {kept}")
+    differences = sync.compare(location.workshops, listed)
+    for difference in differences:
+        print(f"  {difference}")
+    print(f"{len(differences)} difference(s); {local_file} is unchanged")
+    if args.write:
+        target = os.path.abspath(os.path.expanduser(args.write))
+        if os.path.exists(target) and os.path.samefile(target, local_file):
+            print("wodmail workshops sync: --write must name another file than the workshops file", file=sys.stderr)
+            return EX_DATAERR
+        raw = yaml.safe_load(local_file.read_text(encoding="utf-8")) or {}
+        text = yaml.safe_dump(sync.propose(raw, listed), sort_keys=False, allow_unicode=True, default_flow_style=None)
+        with open(target + ".tmp", "w", encoding="utf-8") as out:
+            out.write(f"# proposed by `wodmail workshops sync` from {endpoint}/workshops: review before use\n{text}")
+        os.replace(target + ".tmp", target)
+        print(f"proposed workshops file written to {target}")
+    return 1 if differences else 0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,22 @@ CUSTOMER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 STDID_RE = re.compile(r"[0-9]{1,9}")
 MAX_SUBJECT = 998
 
+#: Bytes (unfolded) of one header field the parser reads. Python's header parser is slow
+#: (worse than linear) on long structured fields: a 64 KiB Content-Type takes seconds.
+MAX_READ_FIELD = 2048
+#: Header fields the parser decodes, at the top or in a MIME part.
+READ_FIELDS = (
+    b"subject",
+    b"message-id",
+    b"content-type",
+    b"content-transfer-encoding",
+    b"content-disposition",
+    b"x-wodmail-signature",
+)
+#: MIME parts (Content-Type fields) a command mail may have; nesting is bounded by it too.
+MAX_MIME_PARTS = 50
+_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+
 
 @dataclass(frozen=True)
 class Command:
@@ -93,8 +109,39 @@ class Command:
         return replace(self, auth=auth)
 
 
+def check_fields(raw: bytes) -> None:
+    """Refuse, before parsing, what would make the parser slow: an over-long field that it
+    reads (READ_FIELDS) anywhere in the mail, or more than MAX_MIME_PARTS MIME parts.
+
+    One linear pass over the lines; a line that looks like a header field anywhere (a MIME
+    part's headers are in the body) counts, which only errs on the side of refusing."""
+    name = ""  # the READ_FIELDS field being measured, as written; "" for any other line
+    length = 0
+    parts = 0
+    for line in raw.splitlines():
+        if line[:1] in (b" ", b"\t") and name:
+            length += len(line)
+            continue
+        _check_length(name, length)
+        match = _FIELD_NAME.match(line)
+        field_name = match.group(1) if match else b""
+        name = field_name.decode("ascii") if field_name.lower() in READ_FIELDS else ""
+        length = len(line)
+        if field_name.lower() == b"content-type":
+            parts += 1
+            if parts > MAX_MIME_PARTS:
+                raise BadCommand(f"the mail has more than {MAX_MIME_PARTS} MIME parts")
+    _check_length(name, length)
+
+
+def _check_length(name: str, length: int) -> None:
+    if name and length > MAX_READ_FIELD:
+        raise BadCommand(f"the {name} header is {length} bytes long, more than {MAX_READ_FIELD}")
+
+
 def read_mail(raw: bytes) -> EmailMessage:
     """Parse mail bytes leniently: the legacy client writes no blank line before its body."""
+    check_fields(raw)
     try:
         message = email.message_from_bytes(raw, policy=email.policy.default)
     except Exception as exc:  # noqa: BLE001 - hostile input: any parser failure is a refusal
@@ -124,6 +171,9 @@ def parse_command(raw: bytes) -> Command:
 
 
 def command_from_message(message: EmailMessage) -> Command:
+    subjects = sum(1 for name in message if name.lower() == "subject")  # names only: no value parsed
+    if subjects > 1:
+        raise BadCommand(f"the mail has {subjects} Subject headers: a command mail has one")
     subject = header(message, "Subject")
     if not subject:
         raise BadCommand("no Subject: a command mail's Subject is 'VERB <stdid> <customer-id>'")
@@ -205,11 +255,15 @@ def first_body_line(message: EmailMessage) -> str | None:
         raise BadCommand("the body cannot be decoded") from None
     if not isinstance(payload, bytes):
         return None
-    charset = part.get_content_charset() or "utf-8"
+    try:
+        charset = part.get_content_charset() or "utf-8"
+    except Exception:  # noqa: BLE001 - hostile input: any decoding failure is a refusal
+        raise BadCommand("the body's charset cannot be read") from None
     try:
         text = payload.decode(charset)
-    except (LookupError, UnicodeDecodeError):
-        raise BadCommand(f"the body is not valid {charset[:30]} text") from None
+    except Exception:  # noqa: BLE001 - hostile charset names: LookupError, ValueError (NUL), ...
+        shown = "".join(ch if ch.isprintable() and not ch.isspace() else "?" for ch in charset[:30])
+        raise BadCommand(f"the body is not valid {shown} text") from None
     for line in text.splitlines():
         if line.strip():
             return line.strip()

@@ -1,9 +1,13 @@
-"""`wodmail serve`: the doors, the worker and the outbox of one location, in one process.
+"""`wodmail serve`: the doors of one location, and the jobs process beside them.
 
-Start-up: load the location (a configuration error stops here, one line saying why),
-take the STATEDIR lock (one daemon per state), put interrupted jobs back on the queue,
-then open the doors. SIGTERM / SIGINT: close the doors, let commits in flight finish,
-give running jobs a grace period, hand back the rest, exit.
+Start-up: load the location (a configuration error stops here, one line saying why), check
+every setting the jobs will need, take the STATEDIR lock (one daemon per state), start the
+jobs process (wodmail/jobs.py: it puts interrupted jobs back on the queue and runs them),
+then open the doors. This process only answers mail: parse, check, commit, answer, and
+wake the jobs process.
+
+SIGTERM / SIGINT: close the doors, let commits in flight finish, then stop the jobs
+process (running jobs get a grace period, the rest are handed back), exit.
 """
 
 from __future__ import annotations
@@ -13,127 +17,106 @@ import fcntl
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
-from wodmail import faults, queue
+from wodmail import queue
 from wodmail.errors import ConfigError
-from wodmail.homes import Homes
-from wodmail.hub import Hub
 from wodmail.intake import CommandIntake
+from wodmail.jobs import STOP_GRACE, JobsProcess
 from wodmail.legacy import LegacyLimits, drain, start_legacy_server
 from wodmail.location import Location
 from wodmail.passwords import PasswordMint
-from wodmail.playbooks import Playbooks
-from wodmail.regapp import Outbox, RegistrationApp
-from wodmail.services import Services
-from wodmail.smtp import start_smtp_server
-from wodmail.worker import Worker
-from wodmail.workshop import Renderer
+from wodmail.smtp import SmtpLimits, SmtpSecurity, start_smtp_server
+from wodmail.wiring import check_settings, seconds
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE = 20.0
-
-
-def seconds(location: Location, key: str, default: float) -> float:
-    """A duration key of the location (seconds, > 0), or its default."""
-    value = location.values.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(location.file, key, "must be a positive number of seconds")
-    return float(value)
+#: How long a new daemon waits for the lock of one that is still going (its jobs process
+#: may take a moment to die after its doors' process was killed).
+LOCK_WAIT = 10.0
 
 
 @contextmanager
-def state_lock(state_dir: Path) -> Iterator[None]:
-    """Hold STATEDIR/daemon.lock: two daemons on one queue would run jobs twice."""
+def state_lock(state_dir: Path) -> Iterator[int]:
+    """Hold STATEDIR/daemon.lock: two daemons on one queue would run jobs twice.
+
+    The jobs process inherits the descriptor, so the lock is free only once both are gone.
+    """
     fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
             raise ConfigError(
                 state_dir, "STATEDIR", "another wodmail daemon is already running on this state"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        yield fd
     finally:
         os.close(fd)
 
 
-def build_services(location: Location, client: httpx.AsyncClient) -> tuple[Services, RegistrationApp | None]:
-    app = None
-    if location.api_endpoint:
-        app = RegistrationApp(location.api_endpoint, location.api_user or "", location.api_password or "", client)
-    hub = Hub.from_location(location, client)
-    services = Services(
-        location=location,
-        homes=Homes(location.student_dir, location.skel_dir),
-        renderer=Renderer(),
-        playbooks=Playbooks(location.state_dir),
-        hub=hub,
-        app=app,
-    )
-    return services, app
-
-
 async def serve(location: Location, ready: asyncio.Event | None = None) -> None:
+    await check_settings(location)
     db_path = queue.open_database(location.state_dir)
-    with state_lock(location.state_dir):
-        await _serve(location, db_path, ready)
+    PasswordMint.for_state_dir(location.state_dir)  # made before anything is accepted
+    with state_lock(location.state_dir) as lock_fd:
+        await _serve(location, db_path, lock_fd, ready)
 
 
-async def _serve(location: Location, db_path: Path, ready: asyncio.Event | None) -> None:
-    # verbs/ is wodmail.verbs once installed; mypy checks it on its own as `verbs`.
-    from wodmail.verbs import REGISTRY  # type: ignore[import-untyped,unused-ignore]
-
+async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio.Event | None) -> None:
+    # The doors' settings (limits, TLS, signing keys) are read before anything starts: a
+    # wrong one stops the start with one line, as every other key does.
+    smtp_limits = SmtpLimits.from_location(location)
+    smtp_security = SmtpSecurity.from_location(location)
+    legacy_limits = LegacyLimits(
+        max_message=location.max_message_size,
+        idle_timeout=seconds(location, "LEGACYIDLETIMEOUT", 10),
+        total_timeout=seconds(location, "LEGACYSESSIONTIMEOUT", 60),
+    )
     writer = queue.Writer(db_path)
-    held = await writer.run(queue.recover)
-    for job_id in held:
-        log.warning("job %d was interrupted too often and is set aside (wodmail jobs show %d)", job_id, job_id)
-    mint = PasswordMint.for_state_dir(location.state_dir)
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), limits=limits) as client:
-        services, app = build_services(location, client)
-        outbox = None
-        if app is not None:
-            outbox = Outbox(db_path, writer, app, mint, backoff_cap=seconds(location, "CALLBACKBACKOFFMAX", 300))
-            faults.quiesce.append(outbox.wait_idle)
-        worker = Worker(
-            db_path,
-            writer,
-            services,
-            REGISTRY,
-            mint,
-            concurrency=location.workers,
-            retry_for=seconds(location, "RETRYFOR", 900),
-            backoff_cap=seconds(location, "RETRYBACKOFFMAX", 300),
-            on_callbacks=outbox.wake if outbox is not None else None,
+    jobs = JobsProcess(location, keep_fds=(lock_fd,))
+    try:
+        intake = CommandIntake(location, writer, on_enqueued=jobs.wake)
+    except ConfigError:
+        writer.close()
+        raise
+    await jobs.start()
+    watcher = asyncio.create_task(jobs.watch(), name="jobs-watch")
+    servers: list[asyncio.Server] = []
+    legacy_server = None
+    try:
+        servers.append(
+            await start_smtp_server(
+                intake,
+                location.smtp_host,
+                location.smtp_port,
+                max_message_size=location.max_message_size,
+                limits=smtp_limits,
+                security=smtp_security,
+            )
         )
-        intake = CommandIntake(location, writer, on_enqueued=worker.wake)
-        smtp_server = await start_smtp_server(
-            intake, location.smtp_host, location.smtp_port, max_message_size=location.max_message_size
-        )
-        servers = [smtp_server]
-        legacy_server = None
         if location.legacy_port is not None:
             legacy_server = await start_legacy_server(
                 intake,
                 location.smtp_host,
                 location.legacy_port,
-                LegacyLimits(max_message=location.max_message_size),
+                legacy_limits,
             )
             servers.append(legacy_server)
         for server in servers:
             for sock in server.sockets:
                 log.info("listening on %s:%s", *sock.getsockname()[:2])
-        tasks = [asyncio.create_task(worker.run(), name="worker")]
-        if outbox is not None:
-            tasks.append(asyncio.create_task(outbox.run(), name="outbox"))
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -142,19 +125,15 @@ async def _serve(location: Location, db_path: Path, ready: asyncio.Event | None)
         log.info("wodmail serving location %s (%s)", location.name, location.file)
         if ready is not None:
             ready.set()
-        try:
-            await stop.wait()
-        finally:
-            log.info("stopping: closing the doors")
-            for server in servers:
-                server.close()
-            if legacy_server is not None:
-                await drain(legacy_server)
-            await worker.stop(STOP_GRACE)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if outbox is not None:
-                outbox.close()
-            writer.close()
-            log.info("stopped")
+        await stop.wait()
+    finally:
+        log.info("stopping: closing the doors")
+        for server in servers:
+            server.close()
+        if legacy_server is not None:
+            await drain(legacy_server)
+        await jobs.stop(STOP_GRACE + 10)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        writer.close()
+        log.info("stopped")

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from wodmail.command import Command
 
 POINTS: frozenset[tuple[str, int | None, str, str]] = frozenset()
+#: Set in the jobs process: a crash takes the doors' process down too, as a power cut would.
+KILL_PARENT = False
 #: Waits until no callback is in flight, so a crash "between two steps" is only that.
 quiesce: list[Callable[[], Awaitable[None]]] = []
 
@@ -45,4 +47,6 @@ async def crash_point(command: Command, step: str, when: str) -> None:
     if (command.verb, None, step, when) in POINTS or (command.verb, command.stdid, step, when) in POINTS:
         for wait in quiesce:
             await asyncio.wait_for(wait(), timeout=5)
+        if KILL_PARENT:
+            os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -44,6 +44,7 @@ import httpx
 from wodmail.errors import ConfigError, StepFailed, TransientError
 from wodmail.location import Location
 from wodmail.regapp import describe
+from wodmail.transport import Requester
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Hub:
         self,
         url: str,
         token: str,
-        client: httpx.AsyncClient,
+        client: Requester,
         *,
         spawn_timeout: float = 60.0,
         create_users: bool = False,
@@ -77,7 +78,7 @@ class Hub:
         self.throttle_wait = throttle_wait
 
     @classmethod
-    def from_location(cls, location: Location, client: httpx.AsyncClient) -> Hub | None:
+    def from_location(cls, location: Location, client: Requester) -> Hub | None:
         """The hub of `location` (None without JPHUBAPISRV); checks the HUB* keys."""
         if not location.hub_url:
             return None
@@ -104,8 +105,9 @@ class Hub:
             response = await self._send("POST", path, notes)
         if response.status_code == 400 and "pending" in _message(response):
             # A stop (or a check) is still running: let it end, then ask again, once.
-            state = await self._follow(name, _pending_word(_message(response)))
-            notes.append(f"waited for pending {state}")
+            pending = _pending_word(_message(response))
+            await self._follow(name, pending)
+            notes.append(f"waited for pending {pending}")
             response = await self._send("POST", path, notes)
         status = response.status_code
         if status == 201:
@@ -129,8 +131,9 @@ class Hub:
         response = await self._send("DELETE", path, notes)
         if response.status_code == 400 and "pending" in _message(response):
             # Older hubs refuse to stop a spawn in progress: let it end, then stop it.
-            await self._follow(name, _pending_word(_message(response)))
-            notes.append("waited for pending spawn")
+            pending = _pending_word(_message(response))
+            await self._follow(name, pending)
+            notes.append(f"waited for pending {pending}")
             response = await self._send("DELETE", path, notes)
         status = response.status_code
         if status == 204:

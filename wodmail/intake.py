@@ -8,13 +8,15 @@ read, or answered 451 / 75 when the commit itself failed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from wodmail import queue
-from wodmail.command import Command, parse_command
+from wodmail.command import Command, command_from_message, read_mail
 from wodmail.errors import BadCommand, NotPermitted, Refusal, TryLater
 from wodmail.inbound import InboundMail, Reply
 from wodmail.location import Location
+from wodmail.signing import Signatures, Verified, signature_header
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +33,21 @@ class CommandIntake:
         self.location = location
         self.writer = writer
         self.on_enqueued = on_enqueued
+        self.signatures = Signatures.from_location(location)  # ConfigError at start-up
 
     async def submit(self, mail: InboundMail) -> Reply:
         try:
-            command = self.check(mail)
+            command, verified = self.check_signed(mail)
         except Refusal as refusal:
             return await self._refuse(mail, refusal.smtp_code, refusal.reason)
+        store = queue.enqueue(command, mail)
+        if verified is not None:
+            # The nonce is recorded in the job's own transaction: a replay is refused there.
+            store = self.signatures.enqueue_once(verified, store)
         try:
-            enqueued = await self.writer.run(queue.enqueue(command, mail))
+            enqueued = await self.writer.run(store)
+        except Refusal as refusal:
+            return await self._refuse(mail, refusal.smtp_code, refusal.reason)
         except TryLater as exc:
             log.warning("could not commit a %s command from %s: %s", command.verb, mail.peer or "local", exc)
             return Reply(451, "the command could not be stored: try again later")
@@ -64,14 +73,36 @@ class CommandIntake:
 
     def check(self, mail: InboundMail) -> Command:
         """Authorise, parse and validate; raise a `Refusal` that says what was wrong."""
-        auth = self.authorise(mail)
+        return self.check_signed(mail)[0]
+
+    def check_signed(self, mail: InboundMail) -> tuple[Command, Verified | None]:
+        """`check`, and the verified signature whose nonce the commit must record (if signed).
+
+        A signed command (X-Wodmail-Signature, see wodmail/signing.py) is accepted from any
+        peer and sender on the standard door and `deliver`; an unsigned one only as
+        LEGACYPEERS / TRUSTEDPEERS / TRUSTEDSENDERS allow. The legacy door stays open only
+        to LEGACYPEERS, signed or not. A signature that is present but wrong is refused,
+        whoever sent it.
+        """
+        auth = self.authorise(mail) if mail.door == "legacy" else None
         if len(mail.data) > self.location.max_message_size:
             raise BadCommand(
                 f"the mail is {len(mail.data)} bytes, more than the {self.location.max_message_size} a command may have"
             )
-        command = parse_command(mail.data).with_auth(auth)
+        message = read_mail(mail.data)
+        signature = signature_header(message)
+        verified = None
+        if signature is None:
+            if auth is None:
+                auth = self.authorise(mail)
+            command = command_from_message(message)
+        else:
+            command = command_from_message(message)
+            verified = self.signatures.verify(signature, command, time.time())
+            auth = verified.auth if auth is None else f"{verified.auth} ({auth})"
+        command = command.with_auth(auth)
         self.validate(command)
-        return command
+        return command, verified
 
     def authorise(self, mail: InboundMail) -> str:
         """Who may send unsigned commands, per door; returns how the sender was trusted."""
@@ -85,11 +116,14 @@ class CommandIntake:
                 raise NotPermitted("unsigned commands from the local pipe are not allowed (TRUSTEDPEERS lacks 'local')")
             where = "local pipe"
         else:
+            login = getattr(mail, "login", "")  # smtp.AuthenticatedMail: SMTP AUTH over TLS
+            if login:
+                return f"SMTP AUTH user {login[:64]}"
             if mail.peer is None or not location.peer_is_trusted(mail.peer):
                 raise NotPermitted(f"{mail.peer} may not send unsigned commands (not in TRUSTEDPEERS)")
             where = f"trusted peer {mail.peer}"
         if not location.sender_is_trusted(mail.mail_from):
-            shown = mail.mail_from[:80] or "<>"
+            shown = "".join(ch if ch.isprintable() else "?" for ch in mail.mail_from[:80]) or "<>"
             raise NotPermitted(f"sender {shown} may not send unsigned commands (not in TRUSTEDSENDERS)")
         return where
 

@@ -18,7 +18,38 @@ student range for each workshop and says how it behaves:
       hooks: {reset: ../playbooks/WKSHP-Ansible101/reset.yml}
       variables: {DOCKERHOST: docker.example.com}
 
-`load_location` reads and checks both files at start-up; every mistake is a `ConfigError`
+The catalog (WORKSHOPDIR) holds one folder per workshop; a folder's `wod.yml`, when it has
+one, describes the workshop as the platform this replaces read it (`name`, `description`,
+`capacity`, `range: [52, 91]`, `reset`, `ldap`, `varpass`, `active`, `compile`, `duration`,
+`priority`, `category`, `location`, ...; keys wodmail does not know are tolerated). Which
+workshops this location serves:
+
+- every workshop of the workshops file whose `active` is not false; its settings are its
+  wod.yml's, overridden key by key by the workshops file's;
+- every catalog folder (WKSHP-Name/ or CHLG-Name/ with a wod.yml) that the workshops file
+  does not list, when its wod.yml says `active: true` (or says nothing about it), unless
+  CATALOGWORKSHOPS is `listed` (then only listed workshops are served), and unless
+  CATALOGLOCATION is set and the wod.yml's `location` names another site. A CHLG-Name
+  folder's wod.yml books the challenge; its content is WKSHP-Name's.
+
+A workshop that is served must be right: a malformed value (say `range: [1981-1985]`), a
+range outside STUDENTMIN..STUDENTMAX or overlapping another served workshop's, a missing
+content folder are `ConfigError`s naming the file and key. What is known but not served
+(inactive, for another site, not listed) only gives warnings, as do overlaps involving it, a
+`capacity` larger than the range, or a malformed informational key (`duration`,
+`category`, ...): `Location.warnings`, logged at start and listed by `wodmail check`.
+
+The catalog's keys of the location: CATALOGWORKSHOPS (`active`, the default, or `listed`),
+CATALOGLOCATION (a site name or a list), VARDIR and VARPRIVDIR (the folders of the
+`variables_<NAME>.yml` files, as ANSIBLEDIR/PBKDIR and ANSIBLEPRIVDIR/PBKDIR were),
+VAULTPWD (decrypts their ansible-vault values; a secret, never given to templates) and
+TEMPLATEOPTIONAL (variables a template may use undefined). None is required.
+
+Settings (flags, ranges, active) are read at start: a change to a wod.yml or to the
+workshops file takes effect at the next start. The workshop content and the variable files
+are read again when they change on disk (wodmail.workshop, wodmail.catalog).
+
+`load_location` reads and checks every file at start-up; every mistake is a `ConfigError`
 whose message is one line: "file: key: reason". A reason never carries a secret.
 """
 
@@ -32,7 +63,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
@@ -40,7 +71,7 @@ from wodmail import resources
 from wodmail.command import WORKSHOP_RE
 from wodmail.errors import ConfigError
 
-SECRET_KEYS = frozenset({"APIPWD", "JPHUBTOKEN", "LDAPBINDPW", "SIGNINGKEYS"})
+SECRET_KEYS = frozenset({"APIPWD", "JPHUBTOKEN", "LDAPBINDPW", "SIGNINGKEYS", "VAULTPWD"})
 """Keys whose values are never handed to templates."""
 
 LIST_KEYS = frozenset({"LEGACYPEERS", "TRUSTEDPEERS", "TRUSTEDSENDERS", "SIGNINGKEYS"})
@@ -49,9 +80,21 @@ LIST_KEYS = frozenset({"LEGACYPEERS", "TRUSTEDPEERS", "TRUSTEDSENDERS", "SIGNING
 HOOK_VERBS = ("create", "cleanup", "reset")
 """The verbs a workshop may hook a playbook to."""
 
-WORKSHOP_KEYS = frozenset({"range", "reset", "ldap", "varpass", "id", "hooks", "variables"})
-INFORMATIONAL_KEYS = frozenset({"capacity", "active", "description", "duration"})
-"""Entry keys the registration app's export carries; tolerated and ignored."""
+WORKSHOP_KEYS = frozenset({"range", "reset", "ldap", "varpass", "id", "hooks", "variables", "active", "capacity"})
+"""Entry keys wodmail acts on: a malformed value of a served workshop is a ConfigError."""
+INFORMATIONAL_KEYS = frozenset(
+    {"name", "description", "duration", "priority", "category", "compile", "location", "beta"}
+)
+"""wod.yml keys the workshops file may also give: checked, a malformed value only warns."""
+
+WOD_FILE = "wod.yml"
+"""A catalog folder's metadata file."""
+
+CATALOG_POLICIES = ("active", "listed")
+"""CATALOGWORKSHOPS: serve the active catalog workshops too (default), or only listed ones."""
+
+VARIABLES_FILE = "variables_{name}.yml"
+"""A workshop's variable file in VARDIR and VARPRIVDIR ({name}: the command's WKSHP-/CHLG- name)."""
 
 Network = IPv4Network | IPv6Network
 LOOPBACK: tuple[Network, ...] = (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128"))
@@ -67,12 +110,12 @@ _SCALARS = (str, int, float, bool, type(None))
 
 @dataclass(frozen=True)
 class Workshop:
-    """One workshop as the workshops file books it."""
+    """One workshop as the location knows it: its wod.yml, overridden by the workshops file."""
 
     name: str
-    """The key in the workshops file: "WKSHP-Name" or "CHLG-Name"."""
+    """"WKSHP-Name" or "CHLG-Name": the key in the workshops file, or the catalog folder."""
     first: int
-    """The first student of the booked range."""
+    """The first student of the booked range (0..-1: none, for a workshop not served)."""
     last: int
     """The last student of the booked range (inclusive)."""
     content: Path
@@ -89,6 +132,19 @@ class Workshop:
     """Playbook per verb ("create", "cleanup", "reset"), explicit or found by convention."""
     variables: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     """The workshop's own template variables (entry key `variables`)."""
+    active: bool = field(default=True, compare=False)
+    """False: known (catalog or workshops file) but `active: false`, so not served."""
+    capacity: int | None = field(default=None, compare=False)
+    """The seats the registration app offers (`capacity`), when given."""
+    title: str | None = field(default=None, compare=False)
+    """The wod.yml's `name`: the title the registration app shows."""
+    metadata_file: Path | None = field(default=None, compare=False)
+    """The catalog's wod.yml for this workshop, None when it has none."""
+    variable_files: tuple[Path, ...] = field(default=(), compare=False)
+    """Where its variable files may be, lowest precedence first (VARDIR's, then VARPRIVDIR's);
+    read when they exist, again when they change."""
+    metadata: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), hash=False, compare=False)
+    """Every setting as merged (wod.yml overridden by the workshops file), unknown keys too."""
 
     @property
     def mode(self) -> str:
@@ -104,6 +160,11 @@ class Workshop:
         """Whether student `stdid` is inside this workshop's booked range."""
         return self.first <= stdid <= self.last
 
+    @property
+    def booked(self) -> bool:
+        """Whether it has a range (a workshop that is not served may have none: 0..-1)."""
+        return self.first <= self.last
+
 
 @dataclass(frozen=True)
 class Location:
@@ -113,8 +174,9 @@ class Location:
     """The location file (absolute)."""
     name: str
     """The file's stem, e.g. "local", "production"."""
-    values: Mapping[str, object] = field(hash=False)
-    """Every key of the file, references and secrets resolved; lists as tuples."""
+    values: Mapping[str, object] = field(hash=False, repr=False)
+    """Every key of the file, references and secrets resolved; lists as tuples (not in repr:
+    it holds the secrets)."""
     workshops: Mapping[str, Workshop] = field(hash=False)
     smtp_host: str
     smtp_port: int
@@ -137,13 +199,27 @@ class Location:
     api_endpoint: str | None
     """The registration app's API, no trailing slash; None: no callbacks."""
     api_user: str | None
-    api_password: str | None
+    api_password: str | None = field(repr=False)
     hub_url: str | None
     """JupyterHub's API server, no trailing slash; None: no JupyterHub calls."""
-    hub_token: str | None
+    hub_token: str | None = field(repr=False)
     workers: int
     max_message_size: int
     ldap_uri: str | None
+    catalog: Mapping[str, Workshop] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    """Every workshop known, served or not: `workshops` plus those of `not_served`."""
+    not_served: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    """Known workshops this location does not serve, and why ("inactive", ...)."""
+    warnings: tuple[str, ...] = ()
+    """What is odd but does not stop the daemon, one line each ("file: key: reason")."""
+    optional_variables: tuple[str, ...] = ()
+    """TEMPLATEOPTIONAL: variables a template may use undefined (they render as "")."""
+    var_dir: Path | None = None
+    """VARDIR: the public variable files (variables_<NAME>.yml)."""
+    var_priv_dir: Path | None = None
+    """VARPRIVDIR: the private variable files; a key there overrides VARDIR's."""
+    vault_password: str | None = field(default=None, repr=False)
+    """VAULTPWD: decrypts the ansible-vault values of the variable files."""
 
     def template_variables(self) -> dict[str, object]:
         """Every key of the location except the secrets (SECRET_KEYS)."""
@@ -172,8 +248,13 @@ class Location:
         return address in self.trusted_senders or "@" + domain in self.trusted_senders
 
     def workshop(self, name: str) -> Workshop | None:
-        """The workshop booked under `name`, or None."""
+        """The workshop served under `name`, or None."""
         return self.workshops.get(name)
+
+    def variable_files(self, name: str) -> tuple[Path, ...]:
+        """Where workshop `name`'s variable files may be, VARDIR's first, then VARPRIVDIR's."""
+        file = VARIABLES_FILE.format(name=name)
+        return tuple(folder / file for folder in (self.var_dir, self.var_priv_dir) if folder is not None)
 
     def student_home(self, stdid: int) -> Path:
         """The home folder of student `stdid`: STUDENTDIR/student{stdid}."""
@@ -210,8 +291,20 @@ class _DuplicateKey(Exception):
         self.first_line = first_line
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and keeps dates as plain text."""
+# libyaml's parser when PyYAML has it (ten times faster on a catalog's files), else Python's.
+if TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):
+    """SafeLoader that refuses duplicate keys and keeps dates as plain text.
+
+    With `duplicates` set to a list, a duplicate key is noted there instead (the last one
+    counts, as Ansible and the catalog's other readers took it)."""
+
+    duplicates: list[_DuplicateKey] | None = None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: dict[object, int] = {}
@@ -223,7 +316,9 @@ class _Loader(yaml.SafeLoader):
                 continue
             line = key_node.start_mark.line + 1
             if key in seen:
-                raise _DuplicateKey(key, line, seen[key])
+                if self.duplicates is None:
+                    raise _DuplicateKey(key, line, seen[key])
+                self.duplicates.append(_DuplicateKey(key, line, seen[key]))
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
@@ -247,9 +342,16 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
-def _read_yaml(path: Path) -> object:
+def _read_yaml(
+    path: Path,
+    loader: type[_Loader] = _Loader,
+    duplicates: list[_DuplicateKey] | None = None,
+    text: str | None = None,
+) -> object:
+    """The YAML document of `path` (or `text`, read from it already); ConfigError if bad."""
     try:
-        text = path.read_text(encoding="utf-8")
+        if text is None:
+            text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(path, None, "no such file") from None
     except UnicodeDecodeError:
@@ -257,7 +359,12 @@ def _read_yaml(path: Path) -> object:
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read: {exc.strerror or type(exc).__name__}") from None
     try:
-        return yaml.load(text, Loader=_Loader)  # a SafeLoader
+        reader = loader(text)  # a SafeLoader: what yaml.load(text, Loader=loader) does
+        reader.duplicates = duplicates
+        try:
+            return reader.get_single_data()
+        finally:
+            reader.dispose()
     except _DuplicateKey as dup:
         raise ConfigError(path, str(dup.key), f"given twice (lines {dup.first_line} and {dup.line})") from None
     except yaml.MarkedYAMLError as exc:
@@ -335,7 +442,7 @@ class _References:
         if key in self.done:
             return self.done[key]
         if key in self.stack:
-            cycle = [*self.stack[self.stack.index(key):], key]
+            cycle = [*self.stack[self.stack.index(key) :], key]
             raise ConfigError(self.path, key, "reference cycle: " + " -> ".join(cycle))
         self.stack.append(key)
         raw = self.entries[key]
@@ -555,6 +662,21 @@ class _Keys:
             senders.append(entry)
         return tuple(senders)
 
+    def folder(self, key: str) -> Path | None:
+        value = self.path(key)
+        if value is not None and not value.is_dir():
+            self.fail(key, f"{value} is not a directory")
+        return value
+
+    def names(self, key: str) -> tuple[str, ...]:
+        """A name or a list of names (non-empty strings without spaces)."""
+        names: list[str] = []
+        for item in self.items(key) or ():
+            if not isinstance(item, str) or not item.strip() or any(ch.isspace() for ch in item.strip()):
+                self.fail(key, f"expected names, found {self.shown(key, item)}")
+            names.append(item.strip())
+        return tuple(names)
+
     def secrets(self, key: str) -> None:
         for index, item in enumerate(self.items(key) or (), start=1):
             if not isinstance(item, str) or not item:
@@ -612,23 +734,39 @@ def _build(path: Path, values: dict[str, object], hidden: set[str]) -> Location:
     keys.text("LDAPBINDDN")
     keys.text("LDAPBINDPW")
 
-    workshops_file = keys.path("WORKSHOPS") or path.parent / "workshops.yaml"
-    if not workshops_file.is_file():
+    var_dir = keys.folder("VARDIR")
+    var_priv_dir = keys.folder("VARPRIVDIR")
+    optional_variables = keys.names("TEMPLATEOPTIONAL")
+    policy = keys.text("CATALOGWORKSHOPS") or "active"
+    if policy not in CATALOG_POLICIES:
+        keys.fail("CATALOGWORKSHOPS", "expected " + " or ".join(CATALOG_POLICIES))
+    sites = keys.names("CATALOGLOCATION")
+    vault_password = keys.text("VAULTPWD")
+
+    # Without WORKSHOPS, workshops.yaml beside the location is read if it exists (a site may
+    # serve its catalog's wod.yml files alone); a file named by WORKSHOPS must exist.
+    workshops_file = keys.path("WORKSHOPS")
+    if workshops_file is not None and not workshops_file.is_file():
         keys.fail("WORKSHOPS", f"the workshops file {workshops_file} does not exist")
-    workshops = _load_workshops(
-        workshops_file,
+    if workshops_file is None:
+        workshops_file = path.parent / "workshops.yaml"
+    booked = _Booking(
+        workshops_file=workshops_file,
         workshop_dir=workshop_dir,
         playbook_dir=playbook_dir,
-        student_min=student_min,
-        student_max=student_max,
+        limits=(student_min, student_max),
         ldap_uri=ldap_uri,
-    )
+        var_dirs=tuple(folder for folder in (var_dir, var_priv_dir) if folder is not None),
+        vault_password=vault_password,
+        policy=policy,
+        sites=frozenset(sites),
+    ).load()
 
     return Location(
         file=path,
         name=path.stem,
         values=MappingProxyType(values),
-        workshops=MappingProxyType(workshops),
+        workshops=MappingProxyType(booked.served),
         smtp_host=smtp_host,
         smtp_port=smtp_port,
         legacy_port=legacy_port,
@@ -652,6 +790,13 @@ def _build(path: Path, values: dict[str, object], hidden: set[str]) -> Location:
         workers=workers,
         max_message_size=max_message_size,
         ldap_uri=ldap_uri,
+        catalog=MappingProxyType(booked.known),
+        not_served=MappingProxyType(booked.not_served),
+        warnings=tuple(booked.warnings),
+        optional_variables=optional_variables,
+        var_dir=var_dir,
+        var_priv_dir=var_priv_dir,
+        vault_password=vault_password,
     )
 
 
@@ -665,116 +810,439 @@ def _address_in(address: str, networks: tuple[Network, ...]) -> bool:
     return any(parsed in network for network in networks)
 
 
-# --- the workshops file -------------------------------------------------------------------
+# --- the workshops: the workshops file and the catalog's wod.yml files ------------------
+
+_FLAGS = ("reset", "ldap", "varpass")
+_LISTED_ONLY = frozenset({"hooks", "variables"})
+"""Keys only the workshops file gives (in a wod.yml they are metadata, never acted on)."""
+_DASHED_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+_NO_RANGE = (0, -1)
 
 
-def _load_workshops(
-    path: Path,
-    *,
-    workshop_dir: Path,
-    playbook_dir: Path,
-    student_min: int,
-    student_max: int,
-    ldap_uri: str | None,
-) -> dict[str, Workshop]:
-    raw = _read_yaml(path)
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(path, None, f"expected a mapping of workshop name: entry, found {_kind(raw)}")
-    workshops: dict[str, Workshop] = {}
-    for name, entry in raw.items():
-        workshop = _workshop(path, name, entry, workshop_dir, playbook_dir, (student_min, student_max))
-        if workshop.ldap and ldap_uri is None:
-            raise ConfigError(path, f"{name}.ldap", "the workshop needs LDAP but the location sets no LDAPURI")
-        workshops[workshop.name] = workshop
-    _refuse_overlaps(path, workshops)
-    return workshops
+@dataclass(frozen=True)
+class _Setting:
+    """One workshop setting, and where it is written (for messages)."""
+
+    value: object
+    file: Path
+    key: str
+    """The key as messages name it: `range` in a wod.yml, `WKSHP-X.range` in the workshops file."""
 
 
-def _workshop(
-    path: Path,
-    name: object,
-    entry: object,
-    workshop_dir: Path,
-    playbook_dir: Path,
-    limits: tuple[int, int],
-) -> Workshop:
-    if not isinstance(name, str) or not WORKSHOP_RE.fullmatch(name) or ".." in name:
-        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
-        raise ConfigError(
-            path,
-            shown,
-            "not a workshop name: expected WKSHP- or CHLG- followed by letters, digits, '-', '_' or '.'",
+@dataclass
+class _Entry:
+    """One workshop's settings: its wod.yml's, overridden key by key by the workshops file's."""
+
+    name: str
+    settings: dict[str, _Setting]
+    listed: bool
+    """Whether the workshops file lists it."""
+    metadata_file: Path | None
+    """Its wod.yml, if it has one."""
+    listing_file: Path
+
+    def where(self) -> tuple[Path, str | None]:
+        """The file and key a message about the whole workshop names."""
+        if self.listed:
+            return self.listing_file, self.name
+        assert self.metadata_file is not None
+        return self.metadata_file, None
+
+
+class _Problems:
+    """Mistakes in one workshop: raised when it is served (`strict`), else kept as warnings."""
+
+    def __init__(self, strict: bool, warnings: list[str]) -> None:
+        self.strict = strict
+        self.warnings = warnings
+
+    def report(self, error: ConfigError) -> None:
+        if self.strict:
+            raise error
+        self.warnings.append(str(error))
+
+    def __call__(self, setting: _Setting, reason: str) -> None:
+        self.report(ConfigError(setting.file, setting.key, reason))
+
+
+@dataclass
+class _Booked:
+    served: dict[str, Workshop]
+    known: dict[str, Workshop]
+    not_served: dict[str, str]
+    warnings: list[str]
+
+
+@dataclass
+class _Booking:
+    """Reads the workshops file and the catalog, and decides what this location serves."""
+
+    workshops_file: Path
+    workshop_dir: Path
+    playbook_dir: Path
+    limits: tuple[int, int]
+    ldap_uri: str | None
+    var_dirs: tuple[Path, ...]
+    policy: str
+    sites: frozenset[str]
+    vault_password: str | None = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list)
+    sources: dict[str, dict[str, _Setting]] = field(default_factory=dict)
+    quiet: set[str] = field(default_factory=set)
+    """Workshops for another site (CATALOGLOCATION): no warning about their ranges."""
+
+    def load(self) -> _Booked:
+        entries = self._listed()
+        for name, metadata_file in self._catalog():
+            settings = {
+                key: _Setting(value, metadata_file, key)
+                for key, value in self._metadata(metadata_file).items()
+                if key not in _LISTED_ONLY
+            }
+            listed = entries.get(name)
+            if listed is not None:
+                listed.metadata_file = metadata_file
+                listed.settings = {**settings, **listed.settings}
+            else:
+                entries[name] = _Entry(name, settings, False, metadata_file, self.workshops_file)
+
+        served: dict[str, Workshop] = {}
+        known: dict[str, Workshop] = {}
+        not_served: dict[str, str] = {}
+        for entry in entries.values():
+            reason = self._why_not_served(entry)
+            # Another site's workshop is checked, but its oddities are that site's business.
+            warnings = [] if entry.name in self.quiet else self.warnings
+            workshop = self._workshop(entry, _Problems(reason is None, warnings), reason != "inactive")
+            known[entry.name] = workshop
+            self.sources[entry.name] = entry.settings
+            if reason is None:
+                served[entry.name] = workshop
+            else:
+                not_served[entry.name] = reason
+        self._refuse_overlaps(served)
+        self._warn_about_ranges(known, not_served)
+        return _Booked(served, known, not_served, self.warnings)
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _listed(self) -> dict[str, _Entry]:
+        path = self.workshops_file
+        if not path.is_file():
+            return {}
+        raw = _read_yaml(path)
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise ConfigError(path, None, f"expected a mapping of workshop name: entry, found {_kind(raw)}")
+        entries: dict[str, _Entry] = {}
+        for name, entry in raw.items():
+            if not isinstance(name, str) or not WORKSHOP_RE.fullmatch(name) or ".." in name:
+                shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+                raise ConfigError(
+                    path,
+                    shown,
+                    "not a workshop name: expected WKSHP- or CHLG- followed by letters, digits, '-', '_' or '.'",
+                )
+            if entry is None and not (self.workshop_dir / name / WOD_FILE).is_file():
+                raise ConfigError(path, name, "empty entry: a workshop needs at least `range: [first, last]`")
+            given = {} if entry is None else entry  # an empty entry: serve it as its wod.yml says
+            if not isinstance(given, dict):
+                raise ConfigError(path, name, f"expected a mapping of settings, found {_kind(given)}")
+            for key in given:
+                if key not in WORKSHOP_KEYS and key not in INFORMATIONAL_KEYS:
+                    known = ", ".join(sorted(WORKSHOP_KEYS | INFORMATIONAL_KEYS))
+                    raise ConfigError(path, f"{name}.{key}", f"unknown key (known: {known})")
+            settings = {key: _Setting(value, path, f"{name}.{key}") for key, value in given.items()}
+            entries[name] = _Entry(name, settings, True, None, path)
+        return entries
+
+    def _catalog(self) -> list[tuple[str, Path]]:
+        """(name, wod.yml) of every WKSHP-/CHLG- folder of WORKSHOPDIR that has a wod.yml."""
+        try:
+            with os.scandir(self.workshop_dir) as scan:
+                names = sorted(entry.name for entry in scan if entry.name.startswith(("WKSHP-", "CHLG-")))
+        except OSError as exc:
+            raise ConfigError(
+                self.workshop_dir, None, f"cannot read WORKSHOPDIR: {exc.strerror or type(exc).__name__}"
+            ) from None
+        found: list[tuple[str, Path]] = []
+        for name in names:
+            metadata_file = self.workshop_dir / name / WOD_FILE
+            if not metadata_file.is_file():
+                continue
+            if not WORKSHOP_RE.fullmatch(name) or ".." in name:
+                self.warnings.append(
+                    f"{metadata_file}: not a workshop name (letters, digits, '-', '_' or '.' after "
+                    "WKSHP- or CHLG-): the folder is ignored"
+                )
+                continue
+            found.append((name, metadata_file))
+        return found
+
+    def _metadata(self, path: Path) -> dict[str, object]:
+        duplicates: list[_DuplicateKey] = []
+        raw = _read_yaml(path, duplicates=duplicates)
+        self.warnings.extend(_duplicate_warnings(path, duplicates))
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise ConfigError(path, None, f"expected a mapping of key: value, found {_kind(raw)}")
+        for key in raw:
+            if not isinstance(key, str):
+                raise ConfigError(path, str(key), f"keys must be strings, found {_kind(key)}")
+        return raw
+
+    # --- one workshop -----------------------------------------------------------------
+
+    def _why_not_served(self, entry: _Entry) -> str | None:
+        active = entry.settings.get("active")  # absent or empty: active, as the seeder took it
+        if (
+            active is not None
+            and active.value is not None
+            and not _flag_value(active, _Problems(True, self.warnings), self._lenient(active))
+        ):
+            return "inactive"
+        if entry.listed:
+            return None
+        if self.policy == "listed":
+            return "not in the workshops file (CATALOGWORKSHOPS: listed)"
+        site = entry.settings.get("location")
+        if self.sites and site is not None and isinstance(site.value, str) and site.value not in self.sites:
+            self.quiet.add(entry.name)
+            return f"for location {site.value} (CATALOGLOCATION: {', '.join(sorted(self.sites))})"
+        return None
+
+    def _lenient(self, setting: _Setting) -> bool:
+        """A wod.yml may write booleans as the text "true"/"false" (the seeder took them so)."""
+        return setting.file != self.workshops_file
+
+    def _workshop(self, entry: _Entry, problems: _Problems, active: bool) -> Workshop:
+        name = entry.name
+        settings = entry.settings
+        first, last = self._range(entry, problems)
+        flags = {
+            flag: _flag_value(settings[flag], problems, self._lenient(settings[flag])) if flag in settings else False
+            for flag in _FLAGS
+        }
+        app_id = _integer_setting(
+            settings.get("id"), problems, 0, "expected the registration app's workshop id (an integer)"
         )
-    if entry is None:
-        raise ConfigError(path, name, "empty entry: a workshop needs at least `range: [first, last]`")
-    if not isinstance(entry, dict):
-        raise ConfigError(path, name, f"expected a mapping of settings, found {_kind(entry)}")
-    for key in entry:
-        if key not in WORKSHOP_KEYS and key not in INFORMATIONAL_KEYS:
-            known = ", ".join(sorted(WORKSHOP_KEYS | INFORMATIONAL_KEYS))
-            raise ConfigError(path, f"{name}.{key}", f"unknown key (known: {known})")
+        capacity = _integer_setting(settings.get("capacity"), problems, 0, "expected a number of seats")
+        self._check_informational(entry, problems)
 
-    first, last = _range(path, name, entry.get("range"), limits)
-    flags = {flag: _flag(path, name, entry, flag) for flag in ("reset", "ldap", "varpass")}
-    app_id = entry.get("id")
-    if app_id is not None and (isinstance(app_id, bool) or not isinstance(app_id, int)):
-        raise ConfigError(
-            path,
-            f"{name}.id",
-            f"expected the registration app's workshop id (an integer), found {_kind(app_id)}",
+        content_name = _content_name(name)
+        content = self.workshop_dir / content_name
+        if not content.is_dir():
+            file, key = entry.where()
+            problems.report(ConfigError(file, key, f"workshop without content: {content} is not a directory"))
+        hooks: dict[str, Path] = {}
+        variables: dict[str, object] = {}
+        hooks_setting = settings.get("hooks")
+        variables_setting = settings.get("variables")
+        try:
+            hooks = _hooks(
+                self.workshops_file,
+                name,
+                hooks_setting.value if hooks_setting else None,
+                self.playbook_dir / content_name,
+            )
+            variables = _variables(self.workshops_file, name, variables_setting.value if variables_setting else None)
+        except ConfigError as exc:
+            problems.report(exc)
+        if flags["ldap"] and self.ldap_uri is None:
+            problems(settings["ldap"], "the workshop needs LDAP but the location sets no LDAPURI")
+
+        variable_files = tuple(folder / VARIABLES_FILE.format(name=name) for folder in self.var_dirs)
+        for file in variable_files:
+            if file.exists():
+                duplicates: list[_DuplicateKey] = []
+                try:
+                    read_variable_file(file, duplicates, self.vault_password)
+                except ConfigError as exc:
+                    problems.report(exc)
+                problems.warnings.extend(_duplicate_warnings(file, duplicates))
+        title = settings.get("name")
+        return Workshop(
+            name=name,
+            first=first,
+            last=last,
+            content=content,
+            reset=flags["reset"],
+            ldap=flags["ldap"],
+            varpass=flags["varpass"],
+            app_id=app_id,
+            hooks=MappingProxyType(hooks),
+            variables=MappingProxyType(variables),
+            active=active,
+            capacity=capacity,
+            title=title.value if title is not None and isinstance(title.value, str) else None,
+            metadata_file=entry.metadata_file,
+            variable_files=variable_files,
+            metadata=MappingProxyType({key: setting.value for key, setting in settings.items()}),
         )
 
-    content = workshop_dir / _content_name(name)
-    if not content.is_dir():
-        raise ConfigError(path, name, f"workshop without content: {content} is not a directory")
-    hooks = _hooks(path, name, entry.get("hooks"), playbook_dir / _content_name(name))
-    variables = _variables(path, name, entry.get("variables"))
-    return Workshop(
-        name=name,
-        first=first,
-        last=last,
-        content=content,
-        reset=flags["reset"],
-        ldap=flags["ldap"],
-        varpass=flags["varpass"],
-        app_id=app_id,
-        hooks=MappingProxyType(hooks),
-        variables=MappingProxyType(variables),
-    )
+    def _range(self, entry: _Entry, problems: _Problems) -> tuple[int, int]:
+        setting = entry.settings.get("range")
+        if setting is None:
+            if entry.listed:
+                problems.report(
+                    ConfigError(
+                        self.workshops_file, f"{entry.name}.range", "missing: the booked students, as [first, last]"
+                    )
+                )
+            else:
+                assert entry.metadata_file is not None
+                problems.report(
+                    ConfigError(
+                        entry.metadata_file,
+                        "range",
+                        "missing: the booked students, as [first, last] (here or in the workshops file)",
+                    )
+                )
+            return _NO_RANGE
+        value = setting.value
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or any(isinstance(end, bool) or not isinstance(end, int) for end in value)
+        ):
+            problems(setting, "expected [first, last], two student numbers" + _range_hint(value))
+            return _NO_RANGE
+        first, last = value
+        if first > last:
+            problems(setting, f"range {first}..{last} ends before it starts")
+            return _NO_RANGE
+        low, high = self.limits
+        if first < low or last > high:
+            problems(setting, f"range {first}..{last} is outside STUDENTMIN..STUDENTMAX ({low}..{high})")
+        return first, last
+
+    def _check_informational(self, entry: _Entry, problems: _Problems) -> None:
+        """Keys wodmail only shows: a malformed one warns, served or not."""
+        warn = _Problems(False, problems.warnings)
+        for key, setting in entry.settings.items():
+            value = setting.value
+            reason = None
+            if key in ("name", "description", "location"):
+                if not isinstance(value, str):
+                    reason = f"expected a text, found {_kind(value)}"
+            elif key == "duration":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                    reason = f"expected a number of hours, found {_kind(value)}"
+            elif key == "priority":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    reason = f"expected an integer, found {_kind(value)}"
+            elif key == "category":
+                if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                    reason = f"expected a text or a list of texts, found {_kind(value)}"
+            elif key == "beta":
+                if not isinstance(value, bool) and str(value).lower() not in ("true", "false"):
+                    reason = f"expected true or false, found {_kind(value)}"
+            elif key == "compile":
+                scripts = value if isinstance(value, list) else [value]
+                if not all(item is None or isinstance(item, (bool, str)) for item in scripts):
+                    reason = f"expected false or the scripts to compile, found {_kind(value)}"
+                elif problems.strict and any(isinstance(item, str) and item.strip() for item in scripts):
+                    reason = "wodmail does not compile scripts when it deploys: compile them in a create hook"
+            if reason is not None:
+                warn(setting, reason)
+
+    # --- between workshops --------------------------------------------------------------
+
+    def _range_setting(self, name: str) -> _Setting:
+        return self.sources[name]["range"]
+
+    def _refuse_overlaps(self, served: dict[str, Workshop]) -> None:
+        reaching: Workshop | None = None  # the workshop seen so far whose range ends last
+        for workshop in sorted(served.values(), key=lambda w: (w.first, w.last, w.name)):
+            if reaching is not None and workshop.first <= reaching.last:
+                setting = self._range_setting(workshop.name)
+                raise ConfigError(
+                    setting.file,
+                    setting.key,
+                    f"range {workshop.first}..{workshop.last} overlaps {reaching.name}'s range "
+                    f"{reaching.first}..{reaching.last}",
+                )
+            if reaching is None or workshop.last > reaching.last:
+                reaching = workshop
+
+    def _warn_about_ranges(self, known: dict[str, Workshop], not_served: dict[str, str]) -> None:
+        ranged = sorted(
+            (w for w in known.values() if w.booked and w.name not in self.quiet),
+            key=lambda w: (w.first, w.last, w.name),
+        )
+        for index, workshop in enumerate(ranged):
+            for earlier in ranged[:index]:
+                if earlier.last < workshop.first:
+                    continue
+                idle = [name for name in (workshop.name, earlier.name) if name in not_served]
+                if not idle:
+                    continue  # two served workshops: refused above
+                setting = self._range_setting(workshop.name)
+                why = "; ".join(f"{name} is not served: {not_served[name]}" for name in idle)
+                self.warnings.append(
+                    str(
+                        ConfigError(
+                            setting.file,
+                            setting.key,
+                            f"range {workshop.first}..{workshop.last} overlaps {earlier.name}'s range "
+                            f"{earlier.first}..{earlier.last} ({why})",
+                        )
+                    )
+                )
+        for workshop in known.values():
+            if workshop.name in self.quiet or workshop.capacity is None or not workshop.booked:
+                continue
+            size = workshop.last - workshop.first + 1
+            if workshop.capacity > size:
+                setting = self.sources[workshop.name]["capacity"]
+                self.warnings.append(
+                    str(
+                        ConfigError(
+                            setting.file,
+                            setting.key,
+                            f"capacity {workshop.capacity} is larger than the range "
+                            f"{workshop.first}..{workshop.last} ({size} students)",
+                        )
+                    )
+                )
+
+
+def _range_hint(value: object) -> str:
+    """How to write a range given as 52-91 or [52-91] (YAML reads the latter as one text)."""
+    text = value[0] if isinstance(value, list) and len(value) == 1 else value
+    match = _DASHED_RANGE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        return ""
+    written = f"[{text}]" if isinstance(value, list) else text
+    return f" (write [{match.group(1)}, {match.group(2)}], not {written})"
+
+
+def _flag_value(setting: _Setting, problems: _Problems, lenient: bool) -> bool:
+    value = setting.value
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if lenient and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    problems(setting, f"expected true or false, found {_kind(value)}")
+    return False
+
+
+def _integer_setting(setting: _Setting | None, problems: _Problems, low: int, what: str) -> int | None:
+    if setting is None or setting.value is None:
+        return None
+    value = setting.value
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        problems(setting, f"{what}, found {_kind(value) if not isinstance(value, int) else value}")
+        return None
+    return value
 
 
 def _content_name(name: str) -> str:
     return "WKSHP-" + name.removeprefix("CHLG-") if name.startswith("CHLG-") else name
-
-
-def _range(path: Path, name: str, value: object, limits: tuple[int, int]) -> tuple[int, int]:
-    key = f"{name}.range"
-    if value is None:
-        raise ConfigError(path, key, "missing: the booked students, as [first, last]")
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or any(isinstance(end, bool) or not isinstance(end, int) for end in value)
-    ):
-        raise ConfigError(path, key, "expected [first, last], two student numbers")
-    first, last = value
-    if first > last:
-        raise ConfigError(path, key, f"range {first}..{last} ends before it starts")
-    low, high = limits
-    if first < low or last > high:
-        raise ConfigError(path, key, f"range {first}..{last} is outside STUDENTMIN..STUDENTMAX ({low}..{high})")
-    return first, last
-
-
-def _flag(path: Path, name: str, entry: dict[Any, Any], flag: str) -> bool:
-    value = entry.get(flag, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise ConfigError(path, f"{name}.{flag}", f"expected true or false, found {_kind(value)}")
-    return value
 
 
 def _hooks(path: Path, name: str, value: object, convention_dir: Path) -> dict[str, Path]:
@@ -819,15 +1287,110 @@ def _variables(path: Path, name: str, value: object) -> dict[str, object]:
     return variables
 
 
-def _refuse_overlaps(path: Path, workshops: dict[str, Workshop]) -> None:
-    reaching: Workshop | None = None  # the workshop seen so far whose range ends last
-    for workshop in sorted(workshops.values(), key=lambda w: (w.first, w.last, w.name)):
-        if reaching is not None and workshop.first <= reaching.last:
-            raise ConfigError(
-                path,
-                f"{workshop.name}.range",
-                f"range {workshop.first}..{workshop.last} overlaps {reaching.name}'s range "
-                f"{reaching.first}..{reaching.last}",
-            )
-        if reaching is None or workshop.last > reaching.last:
-            reaching = workshop
+# --- variable files -----------------------------------------------------------------------
+
+_VAULT_HEADER = "$ANSIBLE_VAULT;"
+
+
+@dataclass(frozen=True)
+class _Vaulted:
+    """A value encrypted with ansible-vault (`!vault`), decrypted with VAULTPWD."""
+
+    ciphertext: str
+
+
+class _VariablesLoader(_Loader):
+    """The location's loader, knowing Ansible's `!vault` tag."""
+
+
+def _construct_vaulted(loader: yaml.SafeLoader, node: yaml.Node) -> _Vaulted:
+    if not isinstance(node, yaml.ScalarNode):
+        raise yaml.constructor.ConstructorError(None, None, "!vault applies to a single text value", node.start_mark)
+    return _Vaulted(loader.construct_scalar(node))
+
+
+_VariablesLoader.add_constructor("!vault", _construct_vaulted)
+
+
+def read_variable_file(
+    path: Path, duplicates: list[_DuplicateKey] | None = None, vault_password: str | None = None
+) -> dict[str, object]:
+    """The variables of a `variables_<NAME>.yml` file, as Ansible's include_vars read them.
+
+    A mapping of NAME: value; values may be anything YAML holds (mappings keyed by student
+    number, lists, ...); of a key given twice, the last counts (noted in `duplicates`).
+    Values tagged `!vault`, or the whole file, may be encrypted with ansible-vault: they are
+    decrypted with `vault_password` (the location's VAULTPWD). Raises `ConfigError` (file,
+    key, reason) when the file cannot be used; a reason never shows a value (private files
+    hold passwords).
+    """
+    text: str | None = None
+    if _starts_with_vault(path):
+        text = _decrypt(path, None, _read_text(path), vault_password)
+    raw = _read_yaml(path, _VariablesLoader, [] if duplicates is None else duplicates, text)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, None, f"expected a mapping of NAME: value, found {_kind(raw)}")
+    variables: dict[str, object] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError(path, str(key), f"variable names must be strings, found {_kind(key)}")
+        variables[key] = _revealed(path, key, value, vault_password)
+    return variables
+
+
+def _starts_with_vault(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(_VAULT_HEADER)) == _VAULT_HEADER.encode()
+    except OSError:
+        return False  # _read_yaml says why
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(path, None, f"cannot read: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+
+
+def _revealed(path: Path, key: str, value: object, vault_password: str | None) -> object:
+    """`value` with its `!vault` texts decrypted and `!unsafe` texts as plain strings."""
+    if isinstance(value, _Vaulted):
+        return _decrypt(path, key, value.ciphertext, vault_password)
+    if isinstance(value, _Literal):
+        return str(value)
+    if isinstance(value, dict):
+        return {item: _revealed(path, key, inner, vault_password) for item, inner in value.items()}
+    if isinstance(value, list):
+        return [_revealed(path, key, inner, vault_password) for inner in value]
+    return value
+
+
+def _decrypt(path: Path, key: str | None, ciphertext: str, vault_password: str | None) -> str:
+    """Decrypt an ansible-vault text with ansible-core's own VaultLib (imported only here)."""
+    what = "encrypted with ansible-vault" + (" (!vault)" if key else "")
+    if vault_password is None:
+        raise ConfigError(path, key, f"{what}: set VAULTPWD in the location (env:NAME or file:/path)")
+    from ansible.errors import AnsibleError  # type: ignore[import-untyped,unused-ignore]
+    from ansible.parsing.vault import VaultLib, VaultSecret  # type: ignore[import-untyped,unused-ignore]
+
+    vault = VaultLib([("default", VaultSecret(vault_password.encode("utf-8")))])
+    try:
+        plain = vault.decrypt(ciphertext.strip())
+    except (AnsibleError, ValueError):
+        reason = "cannot be decrypted with VAULTPWD (a wrong password, or a damaged text)"
+    else:
+        try:
+            return str(plain.decode("utf-8"))
+        except UnicodeDecodeError:
+            reason = "decrypted, but the result is not UTF-8 text"
+    raise ConfigError(path, key, f"{what}: {reason}")
+
+
+def _duplicate_warnings(path: Path, duplicates: list[_DuplicateKey]) -> list[str]:
+    return [
+        str(ConfigError(path, str(dup.key), f"given twice (lines {dup.first_line} and {dup.line}): the last counts"))
+        for dup in duplicates
+    ]

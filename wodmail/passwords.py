@@ -8,6 +8,7 @@ being stored anywhere: not in the queue, not in the outbox, not in a log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -28,21 +29,28 @@ class PasswordMint:
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> PasswordMint:
-        """Load the host key, making it on first use."""
+        """Load the host key, making it on first use.
+
+        The key appears whole or not at all (written to a temporary file, synced, then
+        linked into place), so a full disk or a crash never leaves a short key behind.
+        """
         path = state_dir / KEY_FILE
         try:
             return cls(path.read_bytes())
         except FileNotFoundError:
             pass
-        key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        temporary = state_dir / f"{KEY_FILE}.{os.getpid()}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, key)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
+            try:
+                os.write(fd, secrets.token_bytes(32))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+                os.link(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
         return cls(path.read_bytes())
 
     def password(self, job_id: int, name: str) -> str:

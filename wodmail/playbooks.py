@@ -9,13 +9,14 @@ step with the tail of its output, every secret value masked.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import yaml
 
 from wodmail.errors import StepFailed
 
@@ -42,10 +43,11 @@ class Playbooks:
     async def run(self, hook: Path, variables: Mapping[str, object], *, tag: str, secrets: Iterable[str] = ()) -> str:
         """Run `hook` with `variables`; `tag` names the vars file (e.g. 'job12-create')."""
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        vars_file = self.run_dir / f"{tag}.json"
+        vars_file = self.run_dir / f"{tag}.yml"
         fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump({key: value for key, value in variables.items()}, out, default=str)
+            # YAML, not JSON: mappings keyed by numbers (OVIP: {7: ...}) keep their keys.
+            yaml.safe_dump(plain(variables), out)
         env = {
             **os.environ,
             "ANSIBLE_LOCAL_TEMP": str(self.run_dir / "ansible-local"),
@@ -97,3 +99,14 @@ def mask(text: str, secrets: Iterable[str]) -> str:
         if secret:
             text = text.replace(secret, "********")
     return text
+
+
+def plain(value: object) -> object:
+    """`value` with every mapping, sequence and scalar as YAML's safe dumper takes them."""
+    if isinstance(value, Mapping):
+        return {plain(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)

@@ -26,6 +26,7 @@ from wodmail import queue
 from wodmail.errors import StepFailed, TransientError
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Callback, OutboxEntry
+from wodmail.transport import Requester
 import contextlib
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class AppRefused(Exception):
 class RegistrationApp:
     """A client of the registration app; logs in once and reuses its token."""
 
-    def __init__(self, endpoint: str, username: str, password: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, endpoint: str, username: str, password: str, client: Requester) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._username = username
         self._password = password

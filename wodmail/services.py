@@ -8,6 +8,7 @@ playbooks, JupyterHub, the registration app's callbacks), each doing its own I/O
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import logging
 import time
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from wodmail import queue
+from wodmail import faults, queue
 from wodmail.command import Command
 from wodmail.errors import StepFailed, WodmailError
 from wodmail.faults import crash_point
@@ -64,29 +65,11 @@ class Services:
         return stdid + self.location.base_stdid
 
     def template_variables(self, command: Command, workshop: Workshop, stdid: int, password: str) -> dict[str, Any]:
-        """What a workshop's templates and hooks see for one student."""
-        location = self.location
-        variables: dict[str, Any] = dict(location.template_variables())
-        # The folders as wodmail resolved them (the file may give them relative or with ~).
-        variables.update(
-            STATEDIR=str(location.state_dir),
-            STUDENTDIR=str(location.student_dir),
-            WORKSHOPDIR=str(location.workshop_dir),
-            PLAYBOOKDIR=str(location.playbook_dir),
-        )
-        variables.update(workshop.variables)
-        variables.update(
-            STDID=stdid,
-            STUDENT=f"student{stdid}",
-            MODE=workshop.mode,
-            MODEWS=workshop.mode,
-            WORKSHOP=workshop.content_name,
-            CHALLENGE=workshop.name,
-            CUSTOMER=command.customer,
-        )
-        if workshop.varpass or workshop.ldap:
-            variables["PASSSTU"] = password
-        return variables
+        """What a workshop's templates and hooks see for one student (wodmail.catalog: the
+        location, the workshop's variables and variable files, the student's values)."""
+        from wodmail.catalog import template_variables
+
+        return template_variables(self.location, workshop, stdid, password, customer=command.customer)
 
     def deploy(self, stdid: int, workshop: Workshop, variables: dict[str, Any]) -> int:
         """Render `workshop` into student{stdid}'s home; returns the number of files written."""
@@ -101,6 +84,10 @@ class Services:
 
     async def set_password(self, stdid: int, workshop: Workshop | None, password: str) -> str:
         """Replace student{stdid}'s password where this location keeps it."""
+        if workshop is None:
+            # A PURGE may name no workshop: the one whose booked range holds the student
+            # (ranges never overlap) says whether the password lives in LDAP.
+            workshop = next((w for w in self.location.workshops.values() if w.holds(stdid)), None)
         if workshop is not None and workshop.ldap:
             if self.directory is None:
                 raise StepFailed(f"{workshop.name} needs LDAP but this location has no LDAP directory")
@@ -145,6 +132,7 @@ class JobRun:
         self._writer = writer
         self._mint = mint
         self._on_callbacks = on_callbacks
+        self._unflushed: list[concurrent.futures.Future[None]] = []
         self.steps_run: list[str] = []
 
     @property
@@ -177,11 +165,24 @@ class JobRun:
             )
             raise
         await crash_point(self.command, name, "done")
-        await self._writer.run(queue.step_done(self.job.id, self.command.stdid, name, started, result))
+        # Not awaited: every step converges when run again, so losing this record in a crash
+        # only means doing the step once more. The writer commits in order, so the record is
+        # durable no later than the next awaited write (callbacks, the job's end).
+        self._unflushed.append(
+            self._writer.call(queue.step_done(self.job.id, self.command.stdid, name, started, result))
+        )
         self._done[name] = result
         self.steps_run.append(name)
-        await crash_point(self.command, name, "recorded")
+        if faults.POINTS:
+            await self.flush()
+            await crash_point(self.command, name, "recorded")
         return result
+
+    async def flush(self) -> None:
+        """Wait until every step record made so far is committed (and raise if one failed)."""
+        pending, self._unflushed = self._unflushed, []
+        for future in pending:
+            await asyncio.wrap_future(future)
 
     async def callbacks(self, name: str, services: Services, *callbacks: Callback) -> None:
         """Queue callbacks to the registration app, exactly once, as one step."""

@@ -3,68 +3,356 @@
 aiosmtpd does the protocol (CRLF framing, only CRLF.CRLF ends DATA, bare-LF smuggling
 refused as of 1.4.6); our handler only hands the message to the intake and returns its
 answer, which comes after the durable commit.
+
+Connection limits (location keys, `SmtpLimits.from_location`):
+
+    SMTPIDLETIMEOUT      seconds a client may take between two commands, and for its DATA (60)
+    SMTPSESSIONTIMEOUT   seconds a connection may last in all: a client dribbling one byte
+                         a second is cut then (300)
+    SMTPMAXCOMMANDS      times each SMTP command may be given on one connection (100): a
+                         client looping on MAIL or NOOP gets 421 and the close
+    SMTPMAXRECIPIENTS    recipients per transaction (10)
+    SMTPPEERCONNECTIONS  connections open at once from one client address outside TRUSTEDPEERS
+                         (20); the next gets 421 at once, so a stranger cannot hoard the door.
+                         TRUSTEDPEERS (the registration app) are not capped: the app may open
+                         as many sessions as it needs
+
+Lines are at most 1001 bytes (aiosmtpd: RFC 5321), messages at most 4 x MAXMESSAGESIZE
+bytes (aiosmtpd stops a flood with 552) and the intake refuses anything above
+MAXMESSAGESIZE with a record.
+
+Optional SMTP AUTH over STARTTLS (`SmtpSecurity.from_location`): with SMTPTLSCERT (and
+SMTPTLSKEY if the key is a separate file) the door offers STARTTLS; with SMTPAUTHFILE as
+well it offers AUTH PLAIN / LOGIN once TLS is up and never before (538 in clear). The
+file holds one `user:hash` line per user, the hash made by libpass, e.g.
+`python3 -c 'from passlib.hash import pbkdf2_sha256; print(pbkdf2_sha256.hash(input()))'`.
+A user who authenticated may send unsigned commands, whatever TRUSTEDPEERS and
+TRUSTEDSENDERS say; the job records "SMTP AUTH user NAME".
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import ssl
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from wodmail.errors import ConfigError
 from wodmail.inbound import InboundMail, Intake
+from wodmail.location import Location
 
 log = logging.getLogger(__name__)
 
 MAX_RECIPIENTS = 10
+#: AUTH attempts per connection (each check costs a slow password hash).
+MAX_AUTH_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class SmtpLimits:
+    """The standard door's caps on one connection and on one peer."""
+
+    idle_timeout: float = 60.0
+    session_timeout: float = 300.0
+    max_commands: int = 100
+    max_recipients: int = MAX_RECIPIENTS
+    peer_connections: int = 20
+    uncapped: tuple[IPv4Network | IPv6Network, ...] = ()
+    """Networks whose peers `peer_connections` does not apply to (TRUSTEDPEERS)."""
+
+    @classmethod
+    def from_location(cls, location: Location) -> SmtpLimits:
+        return cls(
+            idle_timeout=_number(location, "SMTPIDLETIMEOUT", cls.idle_timeout),
+            session_timeout=_number(location, "SMTPSESSIONTIMEOUT", cls.session_timeout),
+            max_commands=int(_number(location, "SMTPMAXCOMMANDS", cls.max_commands, integer=True)),
+            max_recipients=int(_number(location, "SMTPMAXRECIPIENTS", cls.max_recipients, integer=True)),
+            peer_connections=int(_number(location, "SMTPPEERCONNECTIONS", cls.peer_connections, integer=True)),
+            uncapped=tuple(location.trusted_peers),
+        )
+
+    def capped(self, peer: str) -> bool:
+        """Whether connections from `peer` count against `peer_connections`."""
+        try:
+            address: IPv4Address | IPv6Address = ip_address(peer)
+        except ValueError:
+            return True
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return not any(address in network for network in self.uncapped)
+
+
+def _number(location: Location, key: str, default: float, *, integer: bool = False) -> float:
+    value = location.values.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+        value = None
+    if value is None or value <= 0:
+        kind = "a positive integer" if integer else "a positive number of seconds"
+        raise ConfigError(location.file, key, f"expected {kind}, found {location.values.get(key)!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class AuthenticatedMail(InboundMail):
+    """A mail sent in a session that passed SMTP AUTH (over TLS): `login` is the user."""
+
+    login: str = ""
+
+
+class PasswordFile:
+    """SMTPAUTHFILE: `user:hash` lines, checked with libpass."""
+
+    def __init__(self, file: Path, hashes: dict[str, str]) -> None:
+        from passlib.context import CryptContext  # type: ignore[import-untyped,unused-ignore]
+
+        self.file = file
+        self._hashes = hashes
+        self._context = CryptContext(schemes=["pbkdf2_sha256", "sha512_crypt", "sha256_crypt"])
+
+    @classmethod
+    def load(cls, location: Location, file: Path) -> PasswordFile:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(location.file, "SMTPAUTHFILE", f"cannot read {file}: {reason}") from None
+        hashes: dict[str, str] = {}
+        instance = cls(file, hashes)
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            user, colon, hashed = line.strip().partition(":")
+            if not colon or not user or not hashed:
+                raise ConfigError(location.file, "SMTPAUTHFILE", f"{file} line {number}: expected user:hash")
+            if instance._context.identify(hashed) is None:
+                raise ConfigError(
+                    location.file,
+                    "SMTPAUTHFILE",
+                    f"{file} line {number}: not a pbkdf2_sha256, sha512_crypt or sha256_crypt hash"
+                    " (a password in clear is refused)",
+                )
+            hashes[user] = hashed
+        return instance
+
+    def check(self, user: str, password: str) -> bool:
+        hashed = self._hashes.get(user)
+        if hashed is None:
+            self._context.dummy_verify()  # the same time for an unknown user
+            return False
+        return bool(self._context.verify(password, hashed))
+
+
+@dataclass(frozen=True)
+class SmtpSecurity:
+    """STARTTLS with the site's certificate, and SMTP AUTH once TLS is up."""
+
+    tls_context: ssl.SSLContext | None = None
+    passwords: PasswordFile | None = None
+
+    @classmethod
+    def from_location(cls, location: Location) -> SmtpSecurity:
+        cert = _path(location, "SMTPTLSCERT")
+        key = _path(location, "SMTPTLSKEY")
+        auth_file = _path(location, "SMTPAUTHFILE")
+        if key is not None and cert is None:
+            raise ConfigError(location.file, "SMTPTLSKEY", "given without SMTPTLSCERT")
+        if auth_file is not None and cert is None:
+            raise ConfigError(
+                location.file, "SMTPAUTHFILE", "SMTP AUTH needs STARTTLS: set SMTPTLSCERT (AUTH in clear is refused)"
+            )
+        context = None
+        if cert is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                context.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+                raise ConfigError(location.file, "SMTPTLSCERT", f"cannot load {cert}: {reason}") from None
+        passwords = PasswordFile.load(location, auth_file) if auth_file is not None else None
+        return cls(context, passwords)
+
+    def authenticator(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if self.passwords is None or not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        password = auth_data.password.decode("utf-8", "replace")
+        if self.passwords.check(user, password):
+            log.info("smtp %s: SMTP AUTH as %s", _peer_of(session), user[:64])
+            return AuthResult(success=True, auth_data=user)
+        log.info("smtp %s: SMTP AUTH failed for %r", _peer_of(session), user[:64])
+        return AuthResult(success=False, handled=False)
+
+
+def _path(location: Location, key: str) -> Path | None:
+    value = location.values.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(location.file, key, "expected a file path")
+    path = (location.file.parent / Path(value).expanduser()).resolve()
+    if not path.is_file():
+        raise ConfigError(location.file, key, f"{path} is not a file")
+    return path
+
+
+def _peer_of(session: Session) -> str | None:
+    peer: Any = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else None
 
 
 class CommandHandler:
     """aiosmtpd handler: every message goes through the intake; its reply is ours."""
 
-    def __init__(self, intake: Intake) -> None:
+    def __init__(self, intake: Intake, max_recipients: int = MAX_RECIPIENTS) -> None:
         self.intake = intake
+        self.max_recipients = max_recipients
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
-            return f"452 too many recipients (at most {MAX_RECIPIENTS})"
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return f"452 too many recipients (at most {self.max_recipients})"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        peer = _peer_of(session)
         content = envelope.original_content or b""
-        mail = InboundMail(
-            door="smtp",
-            peer=peer,
-            mail_from=envelope.mail_from or "",
-            data=content if isinstance(content, bytes) else content.encode(),
-            rcpt_tos=tuple(envelope.rcpt_tos),
-        )
+        fields: dict[str, Any] = {
+            "door": "smtp",
+            "peer": peer,
+            "mail_from": envelope.mail_from or "",
+            "data": content if isinstance(content, bytes) else content.encode(),
+            "rcpt_tos": tuple(envelope.rcpt_tos),
+        }
+        mail: InboundMail
+        if session.authenticated and isinstance(session.auth_data, str):
+            mail = AuthenticatedMail(**fields, login=session.auth_data)
+        else:
+            mail = InboundMail(**fields)
         reply = await self.intake.submit(mail)
-        return reply.line
+        # aiosmtpd writes replies as ASCII: a reason quoting non-ASCII text must not turn
+        # the specific refusal into a 500 from its exception handler.
+        return reply.line.encode("ascii", "backslashreplace").decode("ascii")
+
+
+class _PeerCounter:
+    """Connections open per client address (those `limits.capped`)."""
+
+    def __init__(self, limits: SmtpLimits) -> None:
+        self.limit = limits.peer_connections
+        self.capped = limits.capped
+        self.open: collections.Counter[str] = collections.Counter()
+
+    def admit(self, peer: str) -> bool:
+        if self.open[peer] >= self.limit and self.capped(peer):
+            return False
+        self.open[peer] += 1
+        return True
+
+    def release(self, peer: str) -> None:
+        self.open[peer] -= 1
+        if self.open[peer] <= 0:
+            del self.open[peer]
+
+
+class _LimitedSMTP(SMTP):
+    """aiosmtpd's SMTP with two caps it lacks: connections per peer, and a whole session's time."""
+
+    def __init__(self, handler: Any, *, peers: _PeerCounter, session_timeout: float, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._peers = peers
+        self._session_timeout = session_timeout
+        self._admitted: str | None = None
+        self._over_limit = False
+        self._session_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # STARTTLS calls this again with the TLS transport
+        super().connection_made(transport)
+        if not first:
+            return
+        peername = transport.get_extra_info("peername")
+        peer = str(peername[0]) if peername else "?"
+        if self._peers.admit(peer):
+            self._admitted = peer
+            self._session_timer = self.loop.call_later(self._session_timeout, self._session_over)
+        else:
+            self._over_limit = True
+            log.warning("smtp %s: over %d connections from this address, refused", peer, self._peers.limit)
+
+    async def _handle_client(self) -> None:
+        if self._over_limit:
+            await self.push(f"421 4.7.0 too many connections from your address (at most {self._peers.limit})")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    def _session_over(self) -> None:
+        log.info("smtp %s: session time limit (%.0f s) reached, closing", self._admitted, self._session_timeout)
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(b"421 4.4.2 session time limit reached, closing\r\n")
+            transport.close()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+            self._session_timer = None
+        if self._admitted is not None:
+            self._peers.release(self._admitted)
+            self._admitted = None
+        super().connection_lost(error)
 
 
 async def start_smtp_server(
-    intake: Intake, host: str, port: int, *, max_message_size: int, hostname: str = "wodmail"
+    intake: Intake,
+    host: str,
+    port: int,
+    *,
+    max_message_size: int,
+    hostname: str = "wodmail",
+    limits: SmtpLimits | None = None,
+    security: SmtpSecurity | None = None,
 ) -> asyncio.Server:
     """Listen on host:port; each connection gets its own aiosmtpd protocol instance."""
     loop = asyncio.get_running_loop()
-    handler = CommandHandler(intake)
+    limits = limits or SmtpLimits()
+    security = security or SmtpSecurity()
+    handler = CommandHandler(intake, limits.max_recipients)
+    peers = _PeerCounter(limits)
+    # AUTH is offered only with a password file, and only once STARTTLS is done.
+    auth: dict[str, Any] = {"auth_exclude_mechanism": ["LOGIN", "PLAIN"]}
+    if security.passwords is not None:
+        auth = {"authenticator": security.authenticator, "auth_require_tls": True}
+    calls: dict[str, int] = {"*": limits.max_commands, "AUTH": MAX_AUTH_ATTEMPTS, "STARTTLS": 1}
 
     def factory() -> Any:
-        return SMTP(
+        return _LimitedSMTP(
             handler,
+            peers=peers,
+            session_timeout=limits.session_timeout,
             # The intake refuses (and records) a mail over MAXMESSAGESIZE; aiosmtpd's own cap,
             # further out, only stops a flood before it is buffered whole.
             data_size_limit=max(4 * max_message_size, 1 << 20),
             hostname=hostname,
             ident="wodmail",
-            timeout=60,
+            timeout=limits.idle_timeout,
+            command_call_limit=calls,
+            tls_context=security.tls_context,
             loop=loop,
+            **auth,
         )
 
     return await loop.create_server(factory, host=host, port=port, reuse_address=True)

@@ -9,6 +9,7 @@ once, runs each through its verb, and records how it ended.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 import sqlite3
@@ -34,7 +35,14 @@ RESCAN_INTERVAL = 5.0
 
 
 class Scheduler:
-    """Which open job may run next: per-student order, nothing twice at once."""
+    """Which open job may run next: per-student order, nothing twice at once.
+
+    `lines` keeps each student's open jobs in arrival order. A job is a candidate when it
+    heads the line of every student it touches and is not running; candidates wait in a
+    heap by id (arrival order), postponed ones in a heap by due time. Each event (a job
+    added, ended or postponed) looks only at the lines it touches, so a burst of a
+    thousand queued students costs no more per job than a single one.
+    """
 
     def __init__(self) -> None:
         self.jobs: dict[int, Job] = {}
@@ -42,6 +50,9 @@ class Scheduler:
         self.running: set[int] = set()
         self.highest = 0
         self.removed_since_scan: set[int] = set()
+        self._candidates: list[int] = []
+        self._queued: set[int] = set()
+        self._later: list[tuple[float, int]] = []
 
     def add(self, job: Job) -> None:
         if job.id in self.jobs:
@@ -50,10 +61,16 @@ class Scheduler:
         self.highest = max(self.highest, job.id)
         for stdid in job.command.students:
             self.lines.setdefault(stdid, deque()).append(job.id)
+        self._consider(job.id)
 
-    def update(self, job: Job) -> None:
-        """Replace a job's record (e.g. its new not_before after a transient failure)."""
+    def postpone(self, job: Job) -> None:
+        """A job that ran and must wait (until `job.not_before`) keeps its place in line."""
         self.jobs[job.id] = job
+        self.running.discard(job.id)
+        self._consider(job.id)
+
+    def start(self, job_id: int) -> None:
+        self.running.add(job_id)
 
     def remove(self, job_id: int) -> None:
         job = self.jobs.pop(job_id)
@@ -62,23 +79,39 @@ class Scheduler:
         for stdid in job.command.students:
             line = self.lines[stdid]
             line.remove(job_id)
-            if not line:
+            if line:
+                self._consider(line[0])
+            else:
                 del self.lines[stdid]
 
-    def ready(self, now: float) -> tuple[list[Job], float | None]:
-        """Jobs that may start now, and when the next postponed one becomes due (if any)."""
-        heads: set[int] = {line[0] for line in self.lines.values()}
+    def ready(self, now: float, limit: int) -> tuple[list[Job], float | None]:
+        """Up to `limit` jobs that may start now, oldest first, and when the next postponed
+        one becomes due (if any). The caller starts every job returned."""
+        while self._later and self._later[0][0] <= now:
+            _due, job_id = heapq.heappop(self._later)
+            self._consider(job_id)
         startable: list[Job] = []
-        next_due: float | None = None
-        for job_id in sorted(heads - self.running):
-            job = self.jobs[job_id]
-            if any(self.lines[s][0] != job_id for s in job.command.students):
+        while self._candidates and len(startable) < limit:
+            job_id = heapq.heappop(self._candidates)
+            self._queued.discard(job_id)
+            job = self.jobs.get(job_id)
+            if job is None or job_id in self.running or not self._heads(job):
                 continue
             if job.not_before > now:
-                next_due = job.not_before if next_due is None else min(next_due, job.not_before)
+                heapq.heappush(self._later, (job.not_before, job_id))
                 continue
             startable.append(job)
-        return startable, next_due
+        return startable, (self._later[0][0] if self._later else None)
+
+    def _heads(self, job: Job) -> bool:
+        return all(self.lines[s][0] == job.id for s in job.command.students)
+
+    def _consider(self, job_id: int) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job_id in self.running or job_id in self._queued or not self._heads(job):
+            return
+        self._queued.add(job_id)
+        heapq.heappush(self._candidates, job_id)
 
 
 class Worker:
@@ -125,11 +158,9 @@ class Worker:
             else:
                 # Every wake may mean a new job; the query only reads ids above the highest seen.
                 await self._load(rescan=False)
-            startable, next_due = self.scheduler.ready(now)
+            startable, next_due = self.scheduler.ready(now, self._concurrency - len(self._tasks))
             for job in startable:
-                if len(self._tasks) >= self._concurrency:
-                    break
-                self.scheduler.running.add(job.id)
+                self.scheduler.start(job.id)
                 self._tasks[job.id] = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
             timeout = POLL_INTERVAL if next_due is None else max(0.0, min(POLL_INTERVAL, next_due - now))
             with contextlib.suppress(TimeoutError):
@@ -172,8 +203,7 @@ class Worker:
             # The queue cannot commit (disk full, read-only STATEDIR). The job keeps its place
             # and is tried again; its finished steps are skipped then, the rest converge.
             log.error("job %d: the queue cannot record progress (%s); trying again in 5 s", job.id, exc)
-            self.scheduler.running.discard(job.id)
-            self.scheduler.update(replace(job, not_before=time.time() + 5.0))
+            self.scheduler.postpone(replace(job, not_before=time.time() + 5.0))
         finally:
             self._tasks.pop(job.id, None)
             self._wake.set()
@@ -193,8 +223,7 @@ class Worker:
                 log.info("job %d: %s: %s; retrying in %.1f s", job.id, label, exc, delay)
                 not_before = time.time() + delay
                 await self._writer.run(queue.postpone(job.id, not_before, str(exc)))
-                self.scheduler.running.discard(job.id)
-                self.scheduler.update(replace(job, not_before=not_before, retries=job.retries + 1))
+                self.scheduler.postpone(replace(job, not_before=not_before, retries=job.retries + 1))
                 return
             await self._end(job, "failed", None, f"gave up after {self._retry_for:.0f} s: {exc}")
             log.warning("job %d: %s failed: %s", job.id, label, exc)
@@ -209,6 +238,7 @@ class Worker:
             log.exception("job %d: %s: unexpected error", job.id, label)
             await self._end(job, "failed", None, f"internal error: {type(exc).__name__}: {exc}")
             return
+        await run.flush()
         await self._end(job, "done", outcome, None)
         log.info("job %d: %s done in %.3f s: %s", job.id, label, time.monotonic() - started, outcome)
 

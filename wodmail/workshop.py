@@ -19,7 +19,8 @@ newlines of the source file kept, `None` rendered as an empty string, and
   quotes, backslashes or newlines cannot break the notebook, and a rendered notebook that
   is not valid JSON is refused.
 
-`Renderer.workshop` compiles a workshop once and keeps it until its files change on disk;
+`Renderer.workshop` compiles a workshop once and keeps it until its files change on disk
+(with a `CodeCache`, compiled templates are also kept on disk across restarts);
 `CompiledWorkshop.render_into` then only renders and writes, once per student. All errors
 are `StepFailed` (a workshop fixed by an operator can be deployed again); no message ever
 carries a variable's value.
@@ -28,8 +29,11 @@ carries a variable's value.
 from __future__ import annotations
 
 import errno
+import hashlib
+import importlib.util
 import json
 import logging
+import marshal
 import os
 import re
 import secrets
@@ -41,9 +45,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import CodeType, MappingProxyType, TracebackType
 from typing import Any, ClassVar, cast
 
+import jinja2
 from jinja2 import Template, TemplateSyntaxError, Undefined, UndefinedError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -54,6 +59,7 @@ from wodmail.errors import StepFailed
 __all__ = [
     "EXCLUDED",
     "TEMPLATED",
+    "CodeCache",
     "CompiledWorkshop",
     "Renderer",
     "completion_percentage",
@@ -120,9 +126,7 @@ class _WorkshopUndefined(Undefined):
         return (
             self._undefined_hint is None
             and self._undefined_exception is UndefinedError
-            and (
-                self._undefined_obj is missing or isinstance(self._undefined_obj, _StudentVariables)
-            )
+            and (self._undefined_obj is missing or isinstance(self._undefined_obj, _StudentVariables))
             and self._undefined_name in self.optional_names
         )
 
@@ -195,6 +199,39 @@ def _finalize_json_string(value: object) -> str:
     return json.dumps(text, ensure_ascii=False)[1:-1]
 
 
+#: What any value becomes once escaped for a JSON string, reduced to its most telling
+#: part: valid inside a string, invalid anywhere else in JSON.
+_ESCAPED_PROBE = '\\"x'
+
+
+def _always_valid_json(env: jinja2.Environment, source: str) -> bool:
+    """Whether every render of notebook template `source` is valid JSON, whatever the values.
+
+    True when the template is only text and `{{ expressions }}` (no statements, which could
+    add or drop structure), the text is JSON, and every expression lies inside a JSON string:
+    each is replaced by the escaped probe `\\"x`, which parses only inside a string. Values
+    are escaped by the notebook environment's finalize, so they can never leave it.
+    """
+    try:
+        tree = env.parse(source)
+    except TemplateSyntaxError:
+        return False
+    probe: list[str] = []
+    for node in tree.body:
+        if not isinstance(node, jinja2.nodes.Output):
+            return False
+        for child in node.nodes:
+            if isinstance(child, jinja2.nodes.TemplateData):
+                probe.append(child.data)
+            else:
+                probe.append(_ESCAPED_PROBE)
+    try:
+        json.loads("".join(probe))
+    except ValueError:
+        return False
+    return True
+
+
 def _newlines_at_end(text: str) -> int:
     """How many '\\n' end `text` (Ansible puts back those that Jinja drops)."""
     return len(text) - len(text.rstrip("\n"))
@@ -249,6 +286,9 @@ class _TemplatedFile:
     mode: int
     trailing_newlines: int
     notebook: bool
+    always_valid: bool = False
+    """A notebook whose every expression sits inside a JSON string and that has no
+    statements: any values give valid JSON, so its renders need no check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,9 +383,7 @@ class CompiledWorkshop:
         context: dict[str, object] = dict(facts)
         context.setdefault("inventory_hostname", host)
         context.setdefault("hostvars", {host: facts})
-        return {
-            f.relative: self._render_file(f, context, variables) for f in self._templated.values()
-        }
+        return {f.relative: self._render_file(f, context, variables) for f in self._templated.values()}
 
     def _render_file(
         self, file: _TemplatedFile, context: Mapping[str, object], variables: Mapping[str, object]
@@ -372,7 +410,7 @@ class CompiledWorkshop:
     @staticmethod
     def _check_rendered(file: _TemplatedFile, text: str) -> str:
         """Why the rendered `text` of `file` cannot be deployed ("" when it can)."""
-        if not file.notebook:
+        if not file.notebook or file.always_valid:
             return ""
         try:
             json.loads(text)
@@ -425,9 +463,7 @@ class CompiledWorkshop:
                 _remove_quietly(parent_fd, work)
                 raise
         except OSError as exc:
-            raise StepFailed(
-                f"{self.name}: cannot deploy into {dest}: {exc.strerror or type(exc).__name__}"
-            ) from None
+            raise StepFailed(f"{self.name}: cannot deploy into {dest}: {exc.strerror or type(exc).__name__}") from None
         finally:
             os.close(parent_fd)
         return written
@@ -537,9 +573,7 @@ def _set_owner_and_mode(fd: int, mode: int, owner: tuple[int, int] | None) -> No
     os.fchmod(fd, mode)
 
 
-def _write_new_file(
-    folder_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int] | None
-) -> None:
+def _write_new_file(folder_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
     fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=folder_fd)
     try:
         view = memoryview(data)
@@ -550,16 +584,12 @@ def _write_new_file(
         os.close(fd)
 
 
-def _copy_new_file(
-    folder_fd: int, file: _CopiedFile, workshop: str, owner: tuple[int, int] | None
-) -> None:
+def _copy_new_file(folder_fd: int, file: _CopiedFile, workshop: str, owner: tuple[int, int] | None) -> None:
     """Copy `file` byte for byte with its permission bits (shutil.copyfile + copymode, on fds)."""
     try:
         src = os.open(file.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise StepFailed(
-            f"{workshop}/{file.relative.as_posix()}: cannot read: {exc.strerror}"
-        ) from None
+        raise StepFailed(f"{workshop}/{file.relative.as_posix()}: cannot read: {exc.strerror}") from None
     try:
         st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode):
@@ -610,6 +640,7 @@ class _Compiler:
     root: Path
     text_env: ImmutableSandboxedEnvironment
     notebook_env: ImmutableSandboxedEnvironment
+    code_cache: CodeCache | None = None
     name: str = ""
     real_root: str = ""
     dependencies: list[tuple[str, _Signature]] = field(default_factory=list)
@@ -626,9 +657,7 @@ class _Compiler:
         try:
             tree = self._folder(self.real_root, Path(), "", frozenset({self.real_root}))
         except OSError as exc:
-            raise StepFailed(
-                f"{self.name}: cannot read {exc.filename}: {exc.strerror or type(exc).__name__}"
-            ) from None
+            raise StepFailed(f"{self.name}: cannot read {exc.filename}: {exc.strerror or type(exc).__name__}") from None
         return CompiledWorkshop(self.root, self.real_root, tree, tuple(self.dependencies))
 
     def _depend(self, path: str) -> os.stat_result:
@@ -686,9 +715,7 @@ class _Compiler:
     def _link_target(self, link: str, relative: Path) -> str:
         target = os.path.realpath(link)
         if target != self.real_root and not target.startswith(self.real_root + os.sep):
-            raise StepFailed(
-                f"{self._where(relative)}: symbolic link points outside the workshop folder"
-            )
+            raise StepFailed(f"{self._where(relative)}: symbolic link points outside the workshop folder")
         return target
 
     def _template(self, source: str, relative: Path, name: str) -> _TemplatedFile:
@@ -703,9 +730,14 @@ class _Compiler:
             raise StepFailed(f"{where}: cannot read: {exc.strerror}") from None
         notebook = fnmatchcase(name, "*.ipynb")
         env = self.notebook_env if notebook else self.text_env
+        kind = "notebook" if notebook else "text"
         failure: str
         try:
-            code = env.compile(text, name=where, filename=where)
+            code = self.code_cache.load(kind, source, where, text) if self.code_cache else None
+            if code is None:
+                code = env.compile(text, name=where, filename=where)
+                if self.code_cache is not None:
+                    self.code_cache.store(kind, source, where, text, code)
         except TemplateSyntaxError as exc:
             failure = f"{where} line {exc.lineno}: template syntax error: {exc.message}"
         except Exception as exc:  # noqa: BLE001 - e.g. a SecurityError at compile time
@@ -721,8 +753,83 @@ class _Compiler:
                 mode=stat.S_IMODE(st.st_mode) & 0o777,
                 trailing_newlines=_newlines_at_end(text),
                 notebook=notebook,
+                always_valid=notebook and _always_valid_json(env, text),
             )
         raise StepFailed(failure)
+
+
+#: Changes whenever what the environments generate changes (their settings, finalize, ...).
+_CODE_FORMAT = "wodmail-templates-1"
+
+
+class CodeCache:
+    """Compiled templates kept on disk, so that a restarted daemon does not compile again.
+
+    One file per template (its source path, its name in messages, its kind), holding the
+    SHA-256 of the source it was compiled from and the code, marshalled; a template whose
+    source changed is compiled again and its file replaced, so the folder holds at most one
+    file per template ever deployed. The key includes the versions of Jinja and of Python's
+    bytecode. Loading code from a file is running it: the folder must be wodmail's own
+    (made 0700; one owned by another user, or writable by others, is not used).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._usable: bool | None = None
+
+    def _ready(self) -> bool:
+        if self._usable is None:
+            try:
+                self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                st = os.stat(self.folder, follow_symlinks=False)
+            except OSError as exc:
+                log.warning("template cache %s not used: %s", self.folder, exc.strerror)
+                self._usable = False
+            else:
+                self._usable = stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+                if not self._usable:
+                    log.warning(
+                        "template cache %s not used: not a folder of this user, or writable by others", self.folder
+                    )
+        return self._usable
+
+    def _file(self, kind: str, source: str, where: str) -> Path:
+        key = "\0".join((_CODE_FORMAT, jinja2.__version__, importlib.util.MAGIC_NUMBER.hex(), kind, source, where))
+        return self.folder / (hashlib.sha256(key.encode()).hexdigest()[:40] + ".code")
+
+    def load(self, kind: str, source: str, where: str, text: str) -> CodeType | None:
+        """The cached code of template `where` (file `source`) if compiled from `text`."""
+        if not self._ready():
+            return None
+        try:
+            fd = os.open(self._file(kind, source, where), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                stored = marshal.load(handle)
+        except (OSError, EOFError, ValueError, TypeError):
+            return None
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        if not (isinstance(stored, tuple) and len(stored) == 2 and stored[0] == digest):
+            return None
+        code = stored[1]
+        return code if isinstance(code, CodeType) else None
+
+    def store(self, kind: str, source: str, where: str, text: str, code: CodeType) -> None:
+        """Keep `code`, compiled from `text`; a failure only costs a compilation later."""
+        if not self._ready():
+            return
+        target = self._file(kind, source, where)
+        work = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+        try:
+            fd = os.open(work, _NEW_FILE_FLAGS, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                marshal.dump((hashlib.sha256(text.encode("utf-8")).digest(), code), handle)
+            os.replace(work, target)
+        except OSError as exc:
+            log.warning("template cache %s: cannot keep %s: %s", self.folder, where, exc.strerror)
+            work.unlink(missing_ok=True)
 
 
 @dataclass
@@ -745,12 +852,15 @@ class Renderer:
         self,
         *,
         optional_variables: Iterable[str] = (),
+        code_cache: Path | None = None,
         recheck_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`optional_variables`: names a template may use undefined (they render as "");
-        every other undefined name is an error. `recheck_seconds` and `clock` set how
-        often the catalog is checked for changes (tests set them)."""
+        every other undefined name is an error. `code_cache`: a folder of wodmail's own
+        where compiled templates are kept across restarts (`CodeCache`; None: none).
+        `recheck_seconds` and `clock` set how often the catalog is checked for changes
+        (tests set them)."""
         undefined = _undefined_class(frozenset(optional_variables))
         common: dict[str, Any] = {
             "undefined": undefined,
@@ -763,6 +873,7 @@ class Renderer:
         }
         self._text_env = ImmutableSandboxedEnvironment(finalize=_finalize_text, **common)
         self._notebook_env = ImmutableSandboxedEnvironment(finalize=_finalize_json_string, **common)
+        self._code_cache = CodeCache(code_cache) if code_cache is not None else None
         self._recheck_seconds = recheck_seconds
         self._clock = clock
         self._cache: dict[str, _CacheEntry] = {}
@@ -786,7 +897,7 @@ class Renderer:
                     return entry.workshop
                 del self._cache[key]
             started = time.perf_counter()
-            compiled = _Compiler(Path(key), self._text_env, self._notebook_env).compile()
+            compiled = _Compiler(Path(key), self._text_env, self._notebook_env, self._code_cache).compile()
             log.info(
                 "compiled workshop %s: %d templated, %d copied files in %.1f ms",
                 compiled.name,
@@ -865,9 +976,7 @@ def _read_regular_beneath(base: Path, relative: Path, limit: int) -> bytes | Non
             inner = os.open(part, _DIR_FLAGS, dir_fd=folder)
             os.close(folder)
             folder = inner
-        fd = os.open(
-            parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder
-        )
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size > limit:

@@ -1,0 +1,2 @@
+# Not templated: only Variables.ps1 is
+Write-Host "{{ STDID }}"

@@ -1,0 +1,2 @@
+$Student = "student{{ STDID }}"
+$Password = "{{ PASSSTU }}"

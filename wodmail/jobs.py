@@ -1,0 +1,200 @@
+"""The jobs process: the worker and the callback outbox, beside the doors' process.
+
+`wodmail serve` runs two processes. The first holds the doors: it answers mail and commits
+commands, nothing else, so a burst of registrations is answered at the speed of the disk
+whatever the jobs cost. It starts this second one (`wodmail jobs-process`, not for
+operators), which runs the jobs and delivers the callbacks, at a lower CPU priority
+(JOBSNICE, default 10): on a busy host the mail is answered first and the jobs catch up.
+Two processes also put both cores of a small Jupyter host to work.
+
+The two share the queue database (SQLite serialises their writes) and one pipe: the doors
+write a byte on it after each commit, which wakes the worker at once (it also polls, for
+`wodmail deliver`). If the doors' process dies, even by SIGKILL, the kernel kills this
+one too (PR_SET_PDEATHSIG), so a restarted daemon never meets a worker left running.
+If this one dies, the doors' process starts it again; the jobs it was running go back on
+the queue, and a job that keeps killing it is set aside after MAX_CRASHES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+
+from wodmail import faults, queue
+from wodmail.wiring import build_services, jobs_nice, seconds
+from wodmail.location import Location
+from wodmail.passwords import PasswordMint
+from wodmail.regapp import Outbox
+from wodmail.transport import LeanClient, LeanTransport
+from wodmail.worker import Worker
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE = 20.0
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    faults.KILL_PARENT = True
+
+
+async def run_jobs(location: Location, wake_fd: int) -> None:
+    """The jobs process's life: recover, then work until SIGTERM (or the parent's death)."""
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died before the prctl took
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.nice(jobs_nice(location))
+
+    db_path = location.state_dir / "queue.sqlite3"
+    directory = None
+    if location.ldap_uri:
+        from wodmail.directory import LdapDirectory  # imports ldap3: only where there is LDAP
+
+        directory = LdapDirectory.from_location(location)
+    writer = queue.Writer(db_path)
+    held = await writer.run(queue.recover)
+    for job_id in held:
+        log.warning("job %d was interrupted too often and is set aside (wodmail jobs show %d)", job_id, job_id)
+    mint = PasswordMint.for_state_dir(location.state_dir)
+    transport = LeanTransport(max_per_origin=32, timeout=30.0, connect_timeout=10.0)
+    client = LeanClient(transport)
+    try:
+        services, app = build_services(location, client, directory)
+        outbox = None
+        if app is not None:
+            outbox = Outbox(db_path, writer, app, mint, backoff_cap=seconds(location, "CALLBACKBACKOFFMAX", 300))
+            faults.quiesce.append(outbox.wait_idle)
+        from wodmail.verbs import REGISTRY  # type: ignore[import-untyped,unused-ignore]
+
+        worker = Worker(
+            db_path,
+            writer,
+            services,
+            REGISTRY,
+            mint,
+            concurrency=location.workers,
+            retry_for=seconds(location, "RETRYFOR", 900),
+            backoff_cap=seconds(location, "RETRYBACKOFFMAX", 300),
+            on_callbacks=outbox.wake if outbox is not None else None,
+        )
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def woken() -> None:
+            try:
+                data = os.read(wake_fd, 4096)
+            except BlockingIOError:
+                return
+            if data:
+                worker.wake()
+            elif not stop.is_set():
+                # The doors' process is gone without a word: die as it did (the kernel's
+                # PDEATHSIG will say the same); the queue tells the next daemon where we were.
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        os.set_blocking(wake_fd, False)
+        loop.add_reader(wake_fd, woken)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        tasks = [asyncio.create_task(worker.run(), name="worker")]
+        if outbox is not None:
+            tasks.append(asyncio.create_task(outbox.run(), name="outbox"))
+        log.info("jobs process ready (%d workers)", location.workers)
+        try:
+            await stop.wait()
+        finally:
+            loop.remove_reader(wake_fd)
+            await worker.stop(STOP_GRACE)
+            if outbox is not None:
+                await asyncio.wait_for(outbox.wait_idle(), timeout=5)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if outbox is not None:
+                outbox.close()
+            if directory is not None:
+                directory.close()
+            writer.close()
+            log.info("jobs process stopped")
+    finally:
+        await client.aclose()
+
+
+class JobsProcess:
+    """The doors' side: start the jobs process, wake it, restart it if it dies, stop it."""
+
+    def __init__(self, location: Location, keep_fds: tuple[int, ...]) -> None:
+        self.location = location
+        self.keep_fds = keep_fds
+        self.process: asyncio.subprocess.Process | None = None
+        self._wake_w: int | None = None
+        self._stopping = False
+        self._restarts = 0
+
+    async def start(self) -> None:
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        argv = [
+            sys.executable,
+            "-m",
+            "wodmail",
+            "--location",
+            str(self.location.file),
+            "--log-level",
+            logging.getLevelName(logging.getLogger().level).lower(),
+            "jobs-process",
+            "--wake-fd",
+            str(read_end),
+        ]
+        self.process = await asyncio.create_subprocess_exec(*argv, pass_fds=(read_end, *self.keep_fds))
+        os.close(read_end)
+        if self._wake_w is not None:
+            os.close(self._wake_w)
+        self._wake_w = write_end
+
+    def wake(self, _job_id: int | None = None) -> None:
+        if self._wake_w is None:
+            return
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(self._wake_w, b"!")
+
+    async def watch(self) -> None:
+        """Restart the jobs process whenever it dies, with a growing pause."""
+        while not self._stopping:
+            assert self.process is not None
+            code = await self.process.wait()
+            if self._stopping:
+                return
+            self._restarts += 1
+            pause = min(30.0, 0.5 * 2 ** min(self._restarts, 6))
+            log.error("the jobs process ended (%s); starting it again in %.1f s", code, pause)
+            await asyncio.sleep(pause)
+            if not self._stopping:
+                await self.start()
+
+    async def stop(self, timeout: float) -> None:
+        self._stopping = True
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=timeout)
+            except TimeoutError:
+                log.error("the jobs process did not stop in %.0f s: killing it", timeout)
+                process.kill()
+                await process.wait()
+        if self._wake_w is not None:
+            os.close(self._wake_w)
+            self._wake_w = None
+

@@ -1,0 +1,149 @@
+"""`wodmail send`: compose a signed command mail and submit it, so no admin writes one by hand.
+
+    wodmail send CREATE 5 --customer c5 --workshop WKSHP-Ansible101 [--email a@example.com]
+    wodmail send RESET 1,20 c7 --workshop WKSHP-Reset
+    wodmail send PURGE 5 c5 --print | wodmail deliver
+
+The Subject is the verb and its arguments (positional, or `--customer` / `--email` added
+after them); the body is the workshop. The mail is parsed back with the daemon's own
+parser before it is signed, so a mistake is reported here, and signed with the first of
+the location's SIGNINGKEYS (or `--key ID`) for this location's name. It is submitted over
+SMTP to SMTPHOST:SMTPPORT (STARTTLS when the door offers it), or printed (`--print`) for
+`wodmail deliver` or any other pipe. The key never appears on a command line: it is read
+from the location (env: / file:).
+"""
+
+from __future__ import annotations
+
+import email.policy
+import getpass
+import smtplib
+import socket
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from wodmail.command import Command, parse_command
+from wodmail.errors import BadCommand, ConfigError
+from wodmail.inbound import Reply
+from wodmail.location import Location
+from wodmail.signing import HEADER, SigningKey, Signatures, sign
+
+DEFAULT_RECIPIENT = "wodmail@localhost"
+SUBMIT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class ComposedMail:
+    """A signed command mail, ready to submit or print."""
+
+    command: Command
+    message: EmailMessage
+    key_id: str
+
+    def as_bytes(self, *, crlf: bool) -> bytes:
+        """The mail's bytes: CRLF line endings for SMTP, LF for a pipe."""
+        policy = email.policy.SMTP if crlf else email.policy.default
+        return self.message.as_bytes(policy=policy)
+
+
+def default_sender() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "wodmail"
+    return f"{user}@{socket.gethostname() or 'localhost'}"
+
+
+def signing_key(location: Location, wanted: str | None = None) -> SigningKey:
+    """The key to sign with: `wanted` (a key id), else the first of SIGNINGKEYS."""
+    keys = Signatures.from_location(location).keys
+    if not keys:
+        raise ConfigError(location.file, "SIGNINGKEYS", "no signing key: `wodmail send` needs one to sign with")
+    if wanted is None:
+        return keys[0]
+    for key in keys:
+        if key.id == wanted:
+            return key
+    known = ", ".join(key.id for key in keys)
+    raise ConfigError(location.file, "SIGNINGKEYS", f"no key with id {wanted[:20]!r} (known: {known})")
+
+
+def compose(
+    location: Location,
+    verb: str,
+    arguments: list[str],
+    *,
+    workshop: str | None,
+    customer: str | None = None,
+    address: str | None = None,
+    sender: str | None = None,
+    recipient: str = DEFAULT_RECIPIENT,
+    key_id: str | None = None,
+) -> ComposedMail:
+    """Build and sign the mail; `BadCommand` if it is not a command, `ConfigError` without a key."""
+    words = [verb, *arguments]
+    if customer is not None:
+        words.append(customer)
+    if address is not None:
+        words.append(address)
+    for word in words:
+        if not word or any(ch.isspace() or ord(ch) < 32 for ch in word):
+            raise BadCommand(f"argument {word[:40]!r} is empty or holds spaces or control characters")
+    message = EmailMessage()
+    message["From"] = sender or default_sender()
+    message["To"] = recipient
+    message["Subject"] = " ".join(words)
+    message["Date"] = formatdate(localtime=True)
+    message["Message-ID"] = make_msgid(domain=socket.gethostname() or "localhost")
+    message.set_content((workshop or "") + "\n")
+    command = parse_command(message.as_bytes(policy=email.policy.default))
+    key = signing_key(location, key_id)
+    signature = sign(command, location.name, key)
+    message[HEADER] = signature.header_value
+    return ComposedMail(command, message, key.id)
+
+
+def submit(
+    location: Location,
+    mail: ComposedMail,
+    *,
+    sender: str | None = None,
+    recipient: str = DEFAULT_RECIPIENT,
+    host: str | None = None,
+    port: int | None = None,
+    timeout: float = SUBMIT_TIMEOUT,
+) -> Reply:
+    """Submit over SMTP to the location's standard door; return the DATA reply.
+
+    An SMTP refusal comes back as a `Reply` (5xx / 4xx); a door that cannot be reached
+    raises `OSError`.
+    """
+    where = host or location.smtp_host
+    if where in ("", "0.0.0.0"):
+        where = "127.0.0.1"
+    elif where == "::":
+        where = "::1"
+    with smtplib.SMTP(where, port or location.smtp_port, timeout=timeout) as client:
+        client.ehlo()
+        if client.has_extn("starttls"):
+            # The door's certificate is the site's own: the signature, not TLS, authenticates.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            client.starttls(context=context)
+            client.ehlo()
+        data = mail.as_bytes(crlf=True)
+        code, text = client.mail(sender or str(mail.message["From"]))
+        if code != 250:
+            return Reply(code, text.decode("utf-8", "replace"))
+        code, text = client.rcpt(recipient)
+        if code not in (250, 251):
+            return Reply(code, text.decode("utf-8", "replace"))
+        try:
+            code, text = client.data(data)
+        except smtplib.SMTPDataError as exc:
+            code, error = exc.smtp_code, exc.smtp_error
+            text = error if isinstance(error, bytes) else str(error).encode()
+        return Reply(code, text.decode("utf-8", "replace"))

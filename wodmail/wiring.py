@@ -1,0 +1,70 @@
+"""What a location turns into: the services the verbs use, and the daemon's own settings.
+
+Both processes of `wodmail serve` build from here: the doors' process once at start-up, to
+refuse a wrong key before it listens; the jobs process to work with.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from wodmail.errors import ConfigError
+from wodmail.homes import Homes
+from wodmail.hub import Hub
+from wodmail.location import Location
+from wodmail.playbooks import Playbooks
+from wodmail.regapp import RegistrationApp
+from wodmail.services import Directory, Services
+from wodmail.workshop import Renderer
+from wodmail.transport import Requester
+
+
+def seconds(location: Location, key: str, default: float) -> float:
+    """A duration key of the location (seconds, > 0), or its default."""
+    value = location.values.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(location.file, key, "must be a positive number of seconds")
+    return float(value)
+
+
+def jobs_nice(location: Location) -> int:
+    """JOBSNICE: how much lower the jobs process's CPU priority is than the doors' (0..19)."""
+    value = location.values.get("JOBSNICE", 10)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
+        raise ConfigError(location.file, "JOBSNICE", "must be a whole number from 0 to 19")
+    return value
+
+
+def build_services(
+    location: Location, client: Requester, directory: Directory | None = None
+) -> tuple[Services, RegistrationApp | None]:
+    app = None
+    if location.api_endpoint:
+        app = RegistrationApp(location.api_endpoint, location.api_user or "", location.api_password or "", client)
+    hub = Hub.from_location(location, client)
+    services = Services(
+        location=location,
+        homes=Homes(location.student_dir, location.skel_dir),
+        renderer=Renderer(
+            optional_variables=location.optional_variables, code_cache=location.state_dir / "template-cache"
+        ),
+        playbooks=Playbooks(location.state_dir),
+        hub=hub,
+        app=app,
+        directory=directory,
+    )
+    return services, app
+
+
+async def check_settings(location: Location) -> None:
+    """Every key the jobs process will read, checked now: a wrong one stops the start."""
+    seconds(location, "CALLBACKBACKOFFMAX", 300)
+    seconds(location, "RETRYFOR", 900)
+    seconds(location, "RETRYBACKOFFMAX", 300)
+    jobs_nice(location)
+    if location.ldap_uri:
+        from wodmail.directory import LdapDirectory  # imports ldap3: only where there is LDAP
+
+        LdapDirectory.from_location(location).close()
+    async with httpx.AsyncClient() as client:
+        build_services(location, client)
