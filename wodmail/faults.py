@@ -16,15 +16,24 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from wodmail.command import Command
 
 POINTS: frozenset[tuple[str, int | None, str, str]] = frozenset()
 #: Set in the jobs process: a crash takes the doors' process down too, as a power cut would.
 KILL_PARENT = False
-#: Waits until no callback is in flight, so a crash "between two steps" is only that.
-quiesce: list[Callable[[], Awaitable[None]]] = []
+class Quiescent(Protocol):
+    """Something whose work a crash between two steps must not cut in half (the outbox)."""
+
+    @property
+    def idle(self) -> bool: ...
+
+    async def wait_idle(self) -> None: ...
+
+
+#: Waited for before a crash point fires, so a crash "between two steps" is only that.
+quiesce: list[Quiescent] = []
 
 
 def parse(spec: str) -> frozenset[tuple[str, int | None, str, str]]:
@@ -45,8 +54,11 @@ async def crash_point(command: Command, step: str, when: str) -> None:
     if not POINTS:
         return
     if (command.verb, None, step, when) in POINTS or (command.verb, command.stdid, step, when) in POINTS:
-        for wait in quiesce:
-            await asyncio.wait_for(wait(), timeout=5)
+        # Idle all at once, checked right before the kill: a delivery that started while we
+        # waited for another component would otherwise be cut between its request and its record.
+        while not all(component.idle for component in quiesce):
+            for component in quiesce:
+                await asyncio.wait_for(component.wait_idle(), timeout=5)
         if KILL_PARENT:
             os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 
 from wodmail import queue
-from wodmail.command import Command, command_from_message, read_mail
+from wodmail.command import Command, command_from_fields, read_fields
 from wodmail.errors import BadCommand, NotPermitted, Refusal, TryLater
 from wodmail.inbound import InboundMail, Reply
 from wodmail.location import Location
-from wodmail.signing import Signatures, Verified, signature_header
+from wodmail.signing import Signatures, Verified, signature_of
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,15 @@ class CommandIntake:
             raise BadCommand(
                 f"the mail is {len(mail.data)} bytes, more than the {self.location.max_message_size} a command may have"
             )
-        message = read_mail(mail.data)
-        signature = signature_header(message)
+        fields = read_fields(mail.data)
+        signature = signature_of(fields)
         verified = None
         if signature is None:
             if auth is None:
                 auth = self.authorise(mail)
-            command = command_from_message(message)
+            command = command_from_fields(fields)
         else:
-            command = command_from_message(message)
+            command = command_from_fields(fields)
             verified = self.signatures.verify(signature, command, time.time())
             auth = verified.auth if auth is None else f"{verified.auth} ({auth})"
         command = command.with_auth(auth)

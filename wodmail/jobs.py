@@ -74,7 +74,7 @@ async def run_jobs(location: Location, wake_fd: int) -> None:
         outbox = None
         if app is not None:
             outbox = Outbox(db_path, writer, app, mint, backoff_cap=seconds(location, "CALLBACKBACKOFFMAX", 300))
-            faults.quiesce.append(outbox.wait_idle)
+            faults.quiesce.append(outbox)
         from wodmail.verbs import REGISTRY  # type: ignore[import-untyped,unused-ignore]
 
         worker = Worker(

@@ -169,6 +169,11 @@ class Outbox:
     def close(self) -> None:
         self._reader.close()
 
+    @property
+    def idle(self) -> bool:
+        """No callback in flight (none sent and not yet recorded)."""
+        return self._in_flight == 0
+
     async def wait_idle(self) -> None:
         """Return once no callback is in flight."""
         await self._idle.wait()

@@ -46,11 +46,11 @@ from typing import Any
 
 import yaml
 
-from wodmail.command import Command
+from wodmail.command import SIGNATURE_HEADER, Command, MailFields
 from wodmail.errors import ConfigError, NotPermitted
 from wodmail.location import Location
 
-HEADER = "X-Wodmail-Signature"
+HEADER = SIGNATURE_HEADER
 VERSION = "v1"
 DEFAULT_WINDOW = 300
 MIN_WINDOW, MAX_WINDOW = 30, 86400
@@ -175,6 +175,17 @@ def signature_header(message: EmailMessage) -> str | None:
     except Exception:  # noqa: BLE001 - hostile input: any decoding failure is a refusal
         raise NotPermitted(f"unreadable {HEADER} header") from None
     return " ".join(text.split())
+
+
+def signature_of(fields: MailFields) -> str | None:
+    """The X-Wodmail-Signature of a mail's fields, or None; refuses several or an unreadable one."""
+    if not fields.signatures:
+        return None
+    if len(fields.signatures) > 1:
+        raise NotPermitted(f"the mail has {len(fields.signatures)} {HEADER} headers: a signed command has one")
+    if not fields.signatures[0]:
+        raise NotPermitted(f"unreadable {HEADER} header")
+    return fields.signatures[0]
 
 
 @dataclass(frozen=True)
