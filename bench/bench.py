@@ -40,6 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import yaml
+
 from tests.conftest import Daemon, Site, with_app
 from tests.standins import RegistrationApp
 
@@ -309,6 +311,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             WORKERS=args.workers,
             SMTPPEERCONNECTIONS=args.connections + 10,  # the registration app is one peer
         )
+        for setting in args.set:
+            key, _, value = setting.partition("=")
+            site.values[key] = yaml.safe_load(value)
         entry: dict[str, Any] = {"range": [1, args.count], "varpass": True}
         slapd = None
         if not args.no_ldap:
@@ -398,6 +403,7 @@ def main() -> int:
         " in others (/tmp, /var/tmp, /srv): the kernel's cost, not wodmail's, so pick a folder like"
         " a site's /home and say which",
     )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a location key for the run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report = run(args)
