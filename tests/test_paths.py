@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.standins import RegistrationApp
 from tests.conftest import DATA, REPO, SAMPLES, Daemon, Site, legacy_dialogue, send_legacy
 
 HOSTILE = DATA / "hostile"
@@ -275,3 +276,18 @@ def test_statedir_is_private_and_hook_variables_files_are_0600_and_removed(
     assert not Path(path).exists()
     assert stat.S_IMODE((site.state_dir / "run").stat().st_mode) == 0o700
     assert [entry for entry in (site.state_dir / "run").iterdir() if entry.is_file()] == []
+
+
+def test_a_hook_never_inherits_wodmails_secrets(
+    catalog_site: Site, tmp_path: Path, app: RegistrationApp, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """APIPWD given as env:NAME: the daemon reads it from its environment, its hooks do not."""
+    site = catalog_site
+    site.values.update(APIENDPOINT=app.url, APIUSER=app.username, APIPWD="env:WODMAIL_TEST_APIPWD")
+    daemon = daemon_factory(WODMAIL_TEST_APIPWD=app.password)
+    assert daemon.send("CREATE 132 c132", "WKSHP-Hook")[0] == 250
+    job = job_of(site, 132)
+    assert job[3] == "done", job
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["env_secret"] == "", "the hook's environment carried the API password"
+    assert app.wait_for(lambda a: a.logins >= 1)  # the daemon itself did have it

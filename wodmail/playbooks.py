@@ -36,9 +36,12 @@ def ansible_playbook() -> str:
 
 
 class Playbooks:
-    def __init__(self, state_dir: Path, timeout: float = 600.0) -> None:
+    def __init__(self, state_dir: Path, timeout: float = 600.0, withheld: Iterable[str] = ()) -> None:
         self.run_dir = state_dir / "run"
         self.timeout = timeout
+        # wodmail's own secrets, which may have come from its environment (env:NAME): a
+        # hook's environment never carries them.
+        self._withheld = frozenset(value for value in withheld if value)
 
     async def run(self, hook: Path, variables: Mapping[str, object], *, tag: str, secrets: Iterable[str] = ()) -> str:
         """Run `hook` with `variables`; `tag` names the vars file (e.g. 'job12-create')."""
@@ -49,7 +52,7 @@ class Playbooks:
             # YAML, not JSON: mappings keyed by numbers (OVIP: {7: ...}) keep their keys.
             yaml.safe_dump(plain(variables), out)
         env = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if value not in self._withheld},
             "ANSIBLE_LOCAL_TEMP": str(self.run_dir / "ansible-local"),
             "ANSIBLE_REMOTE_TEMP": str(self.run_dir / "ansible-remote"),
             "ANSIBLE_RETRY_FILES_ENABLED": "false",

@@ -11,7 +11,7 @@ import httpx
 from wodmail.errors import ConfigError
 from wodmail.homes import Homes
 from wodmail.hub import Hub
-from wodmail.location import Location
+from wodmail.location import SECRET_KEYS, Location
 from wodmail.playbooks import Playbooks
 from wodmail.regapp import RegistrationApp
 from wodmail.services import Directory, Services
@@ -35,6 +35,16 @@ def jobs_nice(location: Location) -> int:
     return value
 
 
+def secret_values(location: Location) -> list[str]:
+    """The values of the location's secret keys (SIGNINGKEYS is a list)."""
+    found: list[str] = []
+    for key in SECRET_KEYS:
+        value = location.values.get(key)
+        items = value if isinstance(value, list) else [value]
+        found += [str(item) for item in items if item]
+    return found
+
+
 def build_services(
     location: Location, client: Requester, directory: Directory | None = None
 ) -> tuple[Services, RegistrationApp | None]:
@@ -48,7 +58,7 @@ def build_services(
         renderer=Renderer(
             optional_variables=location.optional_variables, code_cache=location.state_dir / "template-cache"
         ),
-        playbooks=Playbooks(location.state_dir),
+        playbooks=Playbooks(location.state_dir, withheld=secret_values(location)),
         hub=hub,
         app=app,
         directory=directory,
