@@ -107,11 +107,13 @@ def write_workshop(catalog: Path) -> Path:
 
 
 def daemon_processes(pid: int) -> list[int]:
-    """The daemon's processes: the doors' process and its children (the jobs process)."""
-    children: list[int] = []
+    """The daemon's processes: the doors' process and its descendants (the jobs process,
+    its render worker)."""
+    found = [pid]
     for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(c) for c in (task / "children").read_text().split()]
-    return [pid, *children]
+        for child in (task / "children").read_text().split():
+            found += daemon_processes(int(child))
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
