@@ -363,7 +363,19 @@ def cmd_outbox(location: Location, args: argparse.Namespace) -> int:
 
 
 def cmd_check(location: Location, args: argparse.Namespace) -> int:
+    from wodmail.signing import Signatures
+    from wodmail.smtp import SmtpLimits, SmtpSecurity
+    from wodmail.wiring import check_settings, seconds
+
+    # Every setting `serve` reads at start: a wrong one is the same one-line error here.
+    asyncio.run(check_settings(location))
+    SmtpLimits.from_location(location)
+    SmtpSecurity.from_location(location)
+    signing_keys = Signatures.from_location(location).keys
+    seconds(location, "LEGACYIDLETIMEOUT", 10)
+    seconds(location, "LEGACYSESSIONTIMEOUT", 60)
     print(f"location {location.name}: {location.file}")
+    print(f"  settings: all checked; {len(signing_keys)} signing key(s)")
     print(f"  doors: SMTP {location.smtp_host}:{location.smtp_port}, legacy {location.legacy_port or 'closed'}")
     print(f"  state {location.state_dir}, homes {location.student_dir}, workshops {location.workshop_dir}")
     print(f"  students {location.student_min}..{location.student_max}, BASESTDID {location.base_stdid}")
