@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import random
+import shutil
 import smtplib
 import sys
 import tempfile
@@ -37,10 +37,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import SAMPLES, Daemon, Site, with_app
-from tests.standins import RegistrationApp
 import contextlib
 
+from tests.conftest import SAMPLES, Daemon, Site, with_app
+from tests.standins import RegistrationApp
 
 #: Like an MTA, a new connection now and then (the door caps commands per connection).
 MAILS_PER_CONNECTION = 50

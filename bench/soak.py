@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.conftest import SAMPLES, Daemon, Site, with_app
 from tests.standins import RegistrationApp
 
-
 #: Like an MTA, a new connection now and then (the door caps commands per connection).
 MAILS_PER_CONNECTION = 50
 

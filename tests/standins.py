@@ -19,6 +19,7 @@ An injected failure or a refused request never changes the state.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import secrets
@@ -33,7 +34,6 @@ from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
-import contextlib
 
 __all__ = ["Call", "JupyterHubStandin", "RegistrationApp"]
 

@@ -157,7 +157,8 @@ def test_callbacks_wait_for_an_app_that_is_down_and_arrive_in_order(
     app.set_down(False)
     assert app.wait_for(lambda a: len(a.puts()) == 30, timeout=30)
     for stdid in range(20, 25):
-        order = [tuple(sorted(c.body)) for c in app.puts() if c.path in (f"/customer/c{stdid}", f"/student/{stdid + 1000}")]
+        mine = (f"/customer/c{stdid}", f"/student/{stdid + 1000}")
+        order = [tuple(sorted(c.body)) for c in app.puts() if c.path in mine]
         assert order == [
             ("password",),
             ("active",),

@@ -18,8 +18,8 @@ number of mails each test tries is asserted; HOSTILE_MAILS is their sum.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import quopri
 import random
 import re

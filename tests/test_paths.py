@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.standins import RegistrationApp
 from tests.conftest import DATA, REPO, SAMPLES, Daemon, Site, legacy_dialogue, send_legacy
+from tests.standins import RegistrationApp
 
 HOSTILE = DATA / "hostile"
 

@@ -6,6 +6,7 @@ refused, and entries inside a home are removed without following links.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
@@ -15,7 +16,6 @@ import time
 from pathlib import Path
 
 from wodmail.errors import StepFailed
-import contextlib
 
 log = logging.getLogger(__name__)
 

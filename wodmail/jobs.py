@@ -25,13 +25,12 @@ import os
 import signal
 import sys
 
-
 from wodmail import faults, queue
-from wodmail.wiring import build_services, jobs_nice, seconds
 from wodmail.location import Location
 from wodmail.passwords import PasswordMint
 from wodmail.regapp import Outbox
 from wodmail.transport import LeanClient, LeanTransport
+from wodmail.wiring import build_services, jobs_nice, seconds
 from wodmail.worker import Worker
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -34,7 +35,6 @@ from typing import Any, TypeVar
 from wodmail.command import Command
 from wodmail.errors import TryLater
 from wodmail.inbound import InboundMail
-import contextlib
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ failed after a few tries, visible with `wodmail outbox`; none is ever dropped si
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import sqlite3
@@ -27,7 +28,6 @@ from wodmail.errors import StepFailed, TransientError
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Callback, OutboxEntry
 from wodmail.transport import Requester
-import contextlib
 
 log = logging.getLogger(__name__)
 

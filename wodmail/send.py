@@ -28,7 +28,7 @@ from wodmail.command import Command, parse_command
 from wodmail.errors import BadCommand, ConfigError
 from wodmail.inbound import Reply
 from wodmail.location import Location
-from wodmail.signing import HEADER, SigningKey, Signatures, sign
+from wodmail.signing import HEADER, Signatures, SigningKey, sign
 
 DEFAULT_RECIPIENT = "wodmail@localhost"
 SUBMIT_TIMEOUT = 30.0

@@ -15,7 +15,6 @@ network: the CLI does that, and never touches the local workshops file itself.
 from __future__ import annotations
 
 import os
-
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path

@@ -15,8 +15,8 @@ from wodmail.location import SECRET_KEYS, Location
 from wodmail.playbooks import Playbooks
 from wodmail.regapp import RegistrationApp
 from wodmail.services import Directory, Services
-from wodmail.workshop import Renderer
 from wodmail.transport import Requester
+from wodmail.workshop import Renderer
 
 
 def seconds(location: Location, key: str, default: float) -> float:

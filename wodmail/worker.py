@@ -9,6 +9,7 @@ once, runs each through its verb, and records how it ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import random
@@ -24,7 +25,6 @@ from wodmail.errors import StepFailed, TransientError, TryLater
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Job
 from wodmail.services import JobRun, Services, Verb
-import contextlib
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,22 @@
+"""The code stays as STYLE.md asks: ruff clean, mypy --strict clean."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, check=False)
+
+
+def test_ruff() -> None:
+    result = run("ruff", "check", "wodmail", "verbs", "tests", "bench")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict() -> None:
+    result = run("mypy", "--strict", "wodmail")
+    assert result.returncode == 0, result.stdout + result.stderr
