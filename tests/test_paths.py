@@ -15,6 +15,8 @@ import re
 import shutil
 import smtplib
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -291,3 +293,30 @@ def test_a_hook_never_inherits_wodmails_secrets(
     record = json.loads((tmp_path / "record.json").read_text())
     assert record["env_secret"] == "", "the hook's environment carried the API password"
     assert app.wait_for(lambda a: a.logins >= 1)  # the daemon itself did have it
+
+
+def test_homes_are_owned_and_moded_as_the_location_says(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
+    site.values.update(HOMEOWNER="4242:4343", HOMEMODE="0700")
+    daemon = daemon_factory()
+    assert daemon.send("CREATE 5 c5")[0] == 250
+    (job,) = site.wait_jobs(1)
+    assert job[3] == "done", job
+    home = site.home(5)
+    st = home.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o700)
+    deployed = [home / "WKSHP-Sample", *(home / "WKSHP-Sample").rglob("*")]
+    assert len(deployed) > 5
+    assert {(p.lstat().st_uid, p.lstat().st_gid) for p in deployed} == {(4242, 4343)}
+
+
+def test_a_wrong_home_owner_stops_the_start(site: Site) -> None:
+    site.values["HOMEOWNER"] = "root"
+    result = subprocess.run(
+        [sys.executable, "-m", "wodmail", "--location", str(site.write()), "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert "HOMEOWNER: must be student, none or UID:GID" in result.stderr

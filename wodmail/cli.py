@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import smtplib
 import sqlite3
 import sys
@@ -47,6 +48,10 @@ EX_NOINPUT = 66
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in ("serve", "jobs-process"):
+        # `wodmail jobs | head` ends quietly; the daemon keeps Python's SIGPIPE handling
+        # (a peer closing a socket must never kill it).
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

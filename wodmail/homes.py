@@ -10,20 +10,65 @@ import contextlib
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import time
 from pathlib import Path
 
-from wodmail.errors import StepFailed
+from wodmail.errors import ConfigError, StepFailed
+from wodmail.location import Location
 
 log = logging.getLogger(__name__)
 
+_FIXED_OWNER = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
+_MODE = re.compile(r"0?[0-7]{3}")
+
 
 class Homes:
-    def __init__(self, student_dir: Path, skel_dir: Path | None = None) -> None:
+    """The homes of one location.
+
+    HOMEOWNER says who owns a home and what is deployed in it: `student` (the default: the
+    host account student{stdid}, when there is one; nothing is chowned otherwise), `none`,
+    or a fixed `UID:GID`. HOMEMODE is the home folder's mode (default 0750, written as an
+    octal string such as "0750").
+    """
+
+    def __init__(
+        self,
+        student_dir: Path,
+        skel_dir: Path | None = None,
+        *,
+        owner: str = "student",
+        mode: int = 0o750,
+    ) -> None:
         self.student_dir = student_dir
         self.skel_dir = skel_dir
+        self._owner = owner
+        self.mode = mode
+
+    @classmethod
+    def from_location(cls, location: Location) -> Homes:
+        owner = location.values.get("HOMEOWNER", "student")
+        if not isinstance(owner, str) or not (owner in ("student", "none") or _FIXED_OWNER.fullmatch(owner)):
+            raise ConfigError(location.file, "HOMEOWNER", "must be student, none or UID:GID (numbers)")
+        mode_text = location.values.get("HOMEMODE", "0750")
+        if not isinstance(mode_text, str) or not _MODE.fullmatch(mode_text):
+            raise ConfigError(location.file, "HOMEMODE", 'must be an octal mode in quotes, e.g. "0750"')
+        return cls(location.student_dir, location.skel_dir, owner=owner, mode=int(mode_text, 8))
+
+    def owner(self, stdid: int) -> tuple[int, int] | None:
+        """Who owns student{stdid}'s home and files, or None to leave them as made."""
+        if self._owner == "none":
+            return None
+        if self._owner == "student":
+            try:
+                account = pwd.getpwnam(f"student{int(stdid)}")
+            except KeyError:
+                return None
+            return account.pw_uid, account.pw_gid
+        uid, gid = self._owner.split(":")
+        return int(uid), int(gid)
 
     def home(self, stdid: int) -> Path:
         """student{stdid}'s home; refused when it is a symlink (it could point anywhere)."""
@@ -36,7 +81,11 @@ class Homes:
         """Empty student{stdid}'s home and put its skeleton back (CREATE, CLEANUP, RESET, PURGE)."""
         self.student_dir.mkdir(parents=True, exist_ok=True)
         home = self.home(stdid)
-        home.mkdir(mode=0o750, exist_ok=True)
+        home.mkdir(mode=self.mode, exist_ok=True)
+        os.chmod(home, self.mode, follow_symlinks=False)
+        owner = self.owner(stdid)
+        if owner is not None:
+            os.chown(home, *owner, follow_symlinks=False)
         for entry in os.scandir(home):
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
@@ -44,6 +93,10 @@ class Homes:
                 os.unlink(entry.path)
         if self.skel_dir is not None and self.skel_dir.is_dir():
             shutil.copytree(self.skel_dir, home, symlinks=True, dirs_exist_ok=True)
+            if owner is not None:
+                for root, folders, files in os.walk(home):
+                    for name in folders + files:
+                        os.chown(os.path.join(root, name), *owner, follow_symlinks=False)
 
     def end_processes(self, stdid: int, grace: float = 2.0) -> int:
         """Stop every process of the host account student{stdid}, if there is one; return how many."""

@@ -74,7 +74,8 @@ class Services:
     def deploy(self, stdid: int, workshop: Workshop, variables: dict[str, Any]) -> int:
         """Render `workshop` into student{stdid}'s home; returns the number of files written."""
         compiled = self.renderer.workshop(workshop.content)
-        return compiled.render_into(self.homes.home(stdid) / workshop.content_name, variables)
+        home = self.homes.home(stdid)
+        return compiled.render_into(home / workshop.content_name, variables, owner=self.homes.owner(stdid))
 
     def completion(self, stdid: int, workshop: Workshop) -> int:
         from wodmail.workshop import completion_percentage

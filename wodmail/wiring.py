@@ -54,7 +54,7 @@ def build_services(
     hub = Hub.from_location(location, client)
     services = Services(
         location=location,
-        homes=Homes(location.student_dir, location.skel_dir),
+        homes=Homes.from_location(location),
         renderer=Renderer(
             optional_variables=location.optional_variables, code_cache=location.state_dir / "template-cache"
         ),
