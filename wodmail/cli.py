@@ -34,13 +34,12 @@ import time
 from collections.abc import Sequence
 
 from wodmail import queue
-from wodmail.errors import ConfigError, TryLater
+from wodmail.errors import ConfigError, TryLater, exit_code_for
 from wodmail.inbound import InboundMail
 from wodmail.location import Location, load_location
 
 EX_DATAERR = 65
 EX_TEMPFAIL = 75
-EX_NOPERM = 77
 EX_CONFIG = 78
 EX_NOINPUT = 66
 
@@ -198,9 +197,7 @@ def cmd_send(location: Location, args: argparse.Namespace) -> int:
         print(f"wodmail send: SMTP dialogue failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     print(reply.line, file=sys.stdout if reply.accepted else sys.stderr)
-    if reply.accepted:
-        return 0
-    return {550: EX_NOPERM, 554: EX_DATAERR, 552: EX_DATAERR}.get(reply.code, EX_TEMPFAIL)
+    return exit_code_for(reply.code)
 
 
 def cmd_deliver(location: Location, args: argparse.Namespace) -> int:
@@ -223,9 +220,7 @@ def cmd_deliver(location: Location, args: argparse.Namespace) -> int:
     finally:
         writer.close()
     print(reply.line, file=sys.stdout if reply.accepted else sys.stderr)
-    if reply.accepted:
-        return 0
-    return {550: EX_NOPERM, 554: EX_DATAERR, 552: EX_DATAERR}.get(reply.code, EX_TEMPFAIL)
+    return exit_code_for(reply.code)
 
 
 def reader(location: Location) -> sqlite3.Connection:

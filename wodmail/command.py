@@ -277,10 +277,6 @@ def parse_command(raw: bytes) -> Command:
     return command_from_fields(read_fields(raw))
 
 
-def command_from_message(message: EmailMessage) -> Command:
-    return command_from_fields(message_fields(message))
-
-
 def command_from_fields(fields: MailFields) -> Command:
     subjects = fields.subjects
     if subjects > 1:

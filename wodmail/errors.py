@@ -47,10 +47,6 @@ class Refusal(WodmailError):
         self.reason = reason
         super().__init__(reason)
 
-    @property
-    def smtp_reply(self) -> str:
-        return f"{self.smtp_code} {self.reason}"
-
 
 class BadCommand(Refusal):
     """The mail is not a valid command."""
@@ -72,9 +68,6 @@ class TryLater(WodmailError):
     smtp_code = 451
     exit_code = 75
 
-    @property
-    def smtp_reply(self) -> str:
-        return f"{self.smtp_code} {self}"
 
 
 class TransientError(WodmailError):
@@ -83,3 +76,15 @@ class TransientError(WodmailError):
 
 class StepFailed(WodmailError):
     """A step failed for good; the job fails and waits for an operator."""
+
+
+def exit_code_for(smtp_code: int) -> int:
+    """The sysexits code for an SMTP reply (`deliver`, `send`): 0 taken, 77 not permitted,
+    65 any other permanent refusal (bad data, too big), 75 try again later."""
+    if 200 <= smtp_code < 300:
+        return 0
+    if smtp_code == NotPermitted.smtp_code:
+        return NotPermitted.exit_code
+    if smtp_code >= 500:
+        return BadCommand.exit_code
+    return TryLater.exit_code

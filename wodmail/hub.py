@@ -103,12 +103,8 @@ class Hub:
                 raise StepFailed(f"JupyterHub has no user {name} (create it on the hub, or set HUBCREATEUSERS: true)")
             notes.append(await self.create_user(name))
             response = await self._send("POST", path, notes)
-        if response.status_code == 400 and "pending" in _message(response):
-            # A stop (or a check) is still running: let it end, then ask again, once.
-            pending = _pending_word(_message(response))
-            await self._follow(name, pending)
-            notes.append(f"waited for pending {pending}")
-            response = await self._send("POST", path, notes)
+        # A stop (or a check) still running: let it end, then ask again, once.
+        response = await self._after_pending(name, "POST", path, response, notes)
         status = response.status_code
         if status == 201:
             outcome = "started"
@@ -124,17 +120,24 @@ class Hub:
             raise self._error("start the server of", name, response)
         return _with_notes(outcome, notes)
 
+    async def _after_pending(
+        self, name: str, method: str, path: str, response: httpx.Response, notes: list[str]
+    ) -> httpx.Response:
+        """`response` again, once a 400 "pending ..." it was has ended (followed, then asked again)."""
+        if response.status_code != 400 or "pending" not in _message(response):
+            return response
+        pending = _pending_word(_message(response))
+        await self._follow(name, pending)
+        notes.append(f"waited for pending {pending}")
+        return await self._send(method, path, notes)
+
     async def stop(self, name: str) -> str:
         """Stop `name`'s default server and wait until it is gone; a server not running is fine."""
         path = _server_path(name)
         notes: list[str] = []
         response = await self._send("DELETE", path, notes)
-        if response.status_code == 400 and "pending" in _message(response):
-            # Older hubs refuse to stop a spawn in progress: let it end, then stop it.
-            pending = _pending_word(_message(response))
-            await self._follow(name, pending)
-            notes.append(f"waited for pending {pending}")
-            response = await self._send("DELETE", path, notes)
+        # Older hubs refuse to stop a spawn in progress: let it end, then stop it.
+        response = await self._after_pending(name, "DELETE", path, response, notes)
         status = response.status_code
         if status == 204:
             outcome = "stopped"

@@ -20,7 +20,8 @@ class InboundMail:
     mail_from: str
     """The envelope sender as given (may be empty)."""
     data: bytes
-    """The message: headers and body, line endings as received, dot-unstuffed."""
+    """The message: headers and body, dot-unstuffed; line endings as received on the standard
+    door and from `deliver`, LF from the legacy door (which takes bare LF and CRLF alike)."""
     rcpt_tos: tuple[str, ...] = field(default_factory=tuple)
 
 

@@ -222,7 +222,6 @@ class Writer:
         self._pending: list[tuple[Callable[[sqlite3.Connection], Any], concurrent.futures.Future[Any]]] = []
         self._cond = threading.Condition()
         self._closed = False
-        self.commits = 0
         self._thread = threading.Thread(target=self._run, name="wodmail-writer", daemon=True)
         self._thread.start()
 
@@ -277,7 +276,6 @@ class Writer:
                     conn.execute("RELEASE one")
                     results.append((future, value, None))
             conn.execute("COMMIT")
-            self.commits += 1
         except sqlite3.Error as exc:
             log.error("queue commit failed: %s", exc)
             with contextlib.suppress(sqlite3.Error):

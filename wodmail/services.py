@@ -134,7 +134,6 @@ class JobRun:
         self._mint = mint
         self._on_callbacks = on_callbacks
         self._unflushed: list[concurrent.futures.Future[None]] = []
-        self.steps_run: list[str] = []
 
     @property
     def id(self) -> int:
@@ -173,7 +172,6 @@ class JobRun:
             self._writer.call(queue.step_done(self.job.id, self.command.stdid, name, started, result))
         )
         self._done[name] = result
-        self.steps_run.append(name)
         if faults.POINTS:
             await self.flush()
             await crash_point(self.command, name, "recorded")
@@ -201,7 +199,6 @@ class JobRun:
         await crash_point(self.command, name, "start")
         await self._writer.run(queue.step_done(self.job.id, self.command.stdid, name, started, result, callbacks))
         self._done[name] = result
-        self.steps_run.append(name)
         await crash_point(self.command, name, "recorded")
 
 

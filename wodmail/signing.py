@@ -40,7 +40,6 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -161,20 +160,6 @@ def sign(
     ts = int(time.time()) if timestamp is None else timestamp
     once = secrets.token_urlsafe(18) if nonce is None else nonce
     return Signature(key.id, ts, once, _mac(key, signature_text(command, location_name, ts, once)))
-
-
-def signature_header(message: EmailMessage) -> str | None:
-    """The X-Wodmail-Signature header of a mail, or None; refuses several or an unreadable one."""
-    count = sum(1 for name in message if name.lower() == HEADER.lower())  # names only: no value parsed
-    if count == 0:
-        return None
-    if count > 1:
-        raise NotPermitted(f"the mail has {count} {HEADER} headers: a signed command has one")
-    try:
-        text = str(message.get(HEADER))
-    except Exception:  # noqa: BLE001 - hostile input: any decoding failure is a refusal
-        raise NotPermitted(f"unreadable {HEADER} header") from None
-    return " ".join(text.split())
 
 
 def signature_of(fields: MailFields) -> str | None:
