@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from wodmail.errors import StepFailed
@@ -24,6 +26,7 @@ from wodmail.workshop import (
     Renderer,
     completion_percentage,
     content_name,
+    render_context,
 )
 
 DATA = Path(__file__).parent / "data" / "workshops"
@@ -627,3 +630,73 @@ def test_a_cache_folder_others_may_write_is_not_used(tmp_path: Path, home: Path)
     compiled.render_into(home / "WKSHP-Sample", variables())
 
     assert list(cache.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- substitution path
+
+CATALOG_NOTEBOOKS = Path(__file__).parent / "data" / "catalog" / "notebooks"
+
+
+def every_workshop() -> list[Path]:
+    folders = [*DATA.iterdir(), *SHIPPED.iterdir(), *CATALOG_NOTEBOOKS.iterdir()]
+    return sorted(f for f in folders if f.is_dir() and f.name.startswith(("WKSHP-", "CHLG-")))
+
+
+def compiled_files(workshop: Path) -> list[Any]:
+    try:
+        compiled = Renderer(optional_variables=["KIBANAPWD"]).workshop(workshop)
+    except StepFailed:
+        return []  # a workshop that does not compile (its own test says why)
+    return list(compiled._templated.values())
+
+
+def test_substitution_path_covers_plain_templates_and_only_them() -> None:
+    """Templates made of text and lookups take the fast path; a statement, a filter or a call
+    sends a file to Jinja's compiled code."""
+    files = [f for w in every_workshop() for f in compiled_files(w)]
+    fast = {f.where for f in files if f.substitution is not None}
+    slow = {f.where for f in files if f.substitution is None}
+    assert "WKSHP-Hostvars/config.yaml" in fast, sorted(fast)
+    assert any("RawAndLiteralBraces" in where for where in fast), sorted(fast)
+    assert slow == {
+        "WKSHP-AnsibleCompat/compat.sh",  # {% if %}, filters
+        "WKSHP-Docker101/0-ReadMeFirst.ipynb",  # {% if %}
+        "WKSHP-Docker101/2-WKSHP-Conclusion.ipynb",  # {% for %}
+        "WKSHP-Docker101/lab/app/main.py",  # {% if %}
+        "WKSHP-ErrorHidesValues/leak.py",  # a dict literal
+        "WKSHP-NotebookBrokenByTemplate/1-Cells.ipynb",  # {% for %}
+        "WKSHP-Sample/2-Files.ipynb",  # {% if %}
+        "WKSHP-SandboxCyclerGlobals/1-Escape.ipynb",  # calls
+    }
+
+
+values_strategy = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(['"', "\\", "\n", "\x00", "{{ x }}", "é", "</script>", ""]),
+    st.integers(),
+    st.none(),
+    st.booleans(),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(password=values_strategy, host=values_strategy, extra=values_strategy)
+def test_substitution_path_renders_what_jinja_renders(password: object, host: object, extra: object) -> None:
+    """For every templated file of every sample workshop, with any values: the fast path's
+    text equals what the compiled Jinja template renders, or both fail."""
+    values = variables(PASSSTU=password, JPHOSTEXT=host, KIBANAPWD=extra, **{"IP-WKSHP-Hostvars": extra})
+    context = render_context(values)
+    for workshop in every_workshop():
+        for file in compiled_files(workshop):
+            if file.substitution is None:
+                continue
+            env = file.template.environment
+            try:
+                expected: str | None = file.template.render(context)
+            except Exception:  # noqa: BLE001 - the fast path must fail too
+                expected = None
+            try:
+                got: str | None = file.substitution.render(env, context, {})
+            except Exception:  # noqa: BLE001
+                got = None
+            assert got == expected, file.where

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from wodmail import faults, queue
@@ -71,17 +71,20 @@ class Services:
 
         return template_variables(self.location, workshop, stdid, password, customer=command.customer)
 
-    def deploy(self, stdid: int, workshop: Workshop, variables: dict[str, Any]) -> int:
+    async def deploy(self, stdid: int, workshop: Workshop, variables: dict[str, Any]) -> int:
         """Render `workshop` into student{stdid}'s home; returns the number of files written."""
         compiled = self.renderer.workshop(workshop.content)
         home = self.homes.home(stdid)
-        return compiled.render_into(home / workshop.content_name, variables, owner=self.homes.owner(stdid))
+        owner = self.homes.owner(stdid)
+        return await self.homes.run(partial(compiled.render_into, owner=owner), home / workshop.content_name, variables)
 
-    def completion(self, stdid: int, workshop: Workshop) -> int:
+    async def completion(self, stdid: int, workshop: Workshop) -> int:
+        """How far student{stdid} went in `workshop`'s notebooks, in percent."""
         from wodmail.workshop import completion_percentage
 
         compiled = self.renderer.workshop(workshop.content)
-        return completion_percentage(self.homes.home(stdid) / workshop.content_name, compiled.notebooks)
+        home = self.homes.home(stdid)
+        return await self.homes.run(completion_percentage, home / workshop.content_name, compiled.notebooks)
 
     async def set_password(self, stdid: int, workshop: Workshop | None, password: str) -> str:
         """Replace student{stdid}'s password where this location keeps it."""
@@ -143,19 +146,14 @@ class JobRun:
         """The job's password called `name`; the same in every run of this job."""
         return self._mint.password(self.job.id, name)
 
-    async def step(self, name: str, action: Callable[..., Any], *args: Any) -> Any:
-        """Run `action(*args)` once for this job (a plain function runs in a worker thread)."""
+    async def step(self, name: str, action: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run `await action(*args)` once for this job."""
         if name in self._done:
             return self._done[name]
         started = time.time()
         await crash_point(self.command, name, "start")
         try:
-            if inspect.iscoroutinefunction(action):
-                result = await action(*args)
-            else:
-                result = await asyncio.to_thread(action, *args)
-                if inspect.isawaitable(result):
-                    result = await result
+            result = await action(*args)
         except WodmailError as exc:
             await self._writer.run(queue.step_failed(self.job.id, name, started, str(exc)))
             raise
