@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -266,8 +267,14 @@ class _PeerCounter:
             del self.open[peer]
 
 
+#: An SMTP path as clients nearly always write it: `<dot-atom@dot-atom>`, then parameters.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*)@({_ATOM}(?:\.{_ATOM})*)>[ \t]*(.*)", re.DOTALL)
+
+
 class _LimitedSMTP(SMTP):
-    """aiosmtpd's SMTP with two caps it lacks: connections per peer, and a whole session's time."""
+    """aiosmtpd's SMTP with two caps it lacks (connections per peer, a whole session's time)
+    and a quicker reading of plain MAIL FROM / RCPT TO paths."""
 
     def __init__(self, handler: Any, *, peers: _PeerCounter, session_timeout: float, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -305,6 +312,16 @@ class _LimitedSMTP(SMTP):
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(b"421 4.4.2 session time limit reached, closing\r\n")
             transport.close()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's answer, without its RFC 5322 header parser for a plain `<a@b> rest`:
+        that parser (and a class it defines at every call) cost a third of a mail's time."""
+        plain = _PLAIN_PATH.fullmatch(arg)
+        if plain is None or plain[3].startswith("("):  # a comment: leave it to aiosmtpd
+            return super()._getaddr(arg)
+        if self.local_part_limit and len(plain[1]) > self.local_part_limit:
+            return None, None
+        return f"{plain[1]}@{plain[2]}", plain[3]
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._session_timer is not None:
