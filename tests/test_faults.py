@@ -169,6 +169,37 @@ def test_callbacks_wait_for_an_app_that_is_down_and_arrive_in_order(
         ], order
 
 
+def test_a_callback_set_aside_goes_again_when_an_operator_retries_its_job(
+    site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_factory
+) -> None:
+    """The app refuses a callback until it is set aside, and the job fails later (the hub is
+    down): `wodmail retry` from another process puts both back, and the running daemon's
+    outbox, which had forgotten the callback, finds it again and delivers it."""
+    with_app(site, app)
+    with_hub(site, hub)
+    site.values.update(RETRYFOR=2, RETRYBACKOFFMAX=0.5, CALLBACKBACKOFFMAX=0.2)
+    daemon = daemon_factory()
+    app.fail_next(5, 422, path_prefix="/customer/c40")
+    hub.fail_next(10_000, 503, path_prefix="/hub/api/users/student40/")
+    assert daemon.send("CREATE 40 c40")[0] == 250
+    (job,) = site.wait_jobs(1, timeout=30)
+    assert job[3] == "failed", job
+    deadline = time.monotonic() + 30
+    while "1 failed" not in (listing := wodmail(site, "outbox")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "1 failed" in listing and "422" in listing, listing
+    assert "c40" not in app.state()["customer"]
+
+    hub.clear_failures()
+    assert "queued again" in wodmail(site, "retry", str(job[0]))
+    assert app.wait_for(lambda a: a.state()["customer"].get("c40", {}).get("active") == "true", timeout=30)
+    (job,) = site.wait_jobs(1, timeout=30)
+    assert job[3] == "done", job
+    assert hub.running("student40")
+    puts = [c for c in app.calls if c.method == "PUT" and c.path == "/customer/c40"]
+    assert [c.status for c in puts] == [422] * 5 + [200], [c.status for c in puts]
+
+
 def test_a_hub_outage_retries_then_fails_and_an_operator_retries(
     site: Site, hub: JupyterHubStandin, daemon_factory
 ) -> None:

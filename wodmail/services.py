@@ -8,7 +8,6 @@ playbooks, JupyterHub, the registration app's callbacks), each doing its own I/O
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -136,7 +135,7 @@ class JobRun:
         self._writer = writer
         self._mint = mint
         self._on_callbacks = on_callbacks
-        self._unflushed: list[concurrent.futures.Future[None]] = []
+        self._unflushed: list[asyncio.Future[None]] = []
 
     @property
     def id(self) -> int:
@@ -166,9 +165,9 @@ class JobRun:
         # Not awaited: every step converges when run again, so losing this record in a crash
         # only means doing the step once more. The writer commits in order, so the record is
         # durable no later than the next awaited write (callbacks, the job's end).
-        self._unflushed.append(
-            self._writer.call(queue.step_done(self.job.id, self.command.stdid, name, started, result))
-        )
+        record = self._writer.submit(queue.step_done(self.job.id, self.command.stdid, name, started, result))
+        record.add_done_callback(_seen)  # a job that fails later never flushes: no "never retrieved"
+        self._unflushed.append(record)
         self._done[name] = result
         if faults.POINTS:
             await self.flush()
@@ -179,7 +178,7 @@ class JobRun:
         """Wait until every step record made so far is committed (and raise if one failed)."""
         pending, self._unflushed = self._unflushed, []
         for future in pending:
-            await asyncio.wrap_future(future)
+            await future
 
     async def callbacks(self, name: str, services: Services, *callbacks: Callback) -> None:
         """Queue callbacks to the registration app, exactly once, as one step."""
@@ -198,6 +197,11 @@ class JobRun:
         await self._writer.run(queue.step_done(self.job.id, self.command.stdid, name, started, result, callbacks))
         self._done[name] = result
         await crash_point(self.command, name, "recorded")
+
+
+def _seen(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class Verb(Protocol):
