@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -41,3 +43,36 @@ def test_soak_short_form(tmp_path: Path) -> None:
     assert report["sent"] >= 150
     assert len(report["samples"]) >= 10
     assert all(rss > 10_000 for _t, rss in report["samples"])  # a real process's RSS, in KiB
+
+
+def test_benchmark_short_form(tmp_path: Path) -> None:
+    """The benchmark end to end with 20 commands: every figure there, no time asserted."""
+    report = run_script(
+        "bench.py",
+        "--count",
+        "20",
+        "--connections",
+        "4",
+        "--ansible-students",
+        "1",
+        "--workdir",
+        str(tmp_path / "work"),
+        tmp_path=tmp_path,
+    )
+    assert report["_exit"] == 0, report["_stdout"]
+    assert report["count"] == 20 and report["ldap"] is True
+    for phase in ("create", "cleanup"):
+        figures = report[phase]
+        assert figures["intake_per_s"] > 0 and figures["end_to_end_per_s"] > 0
+        assert 0 <= figures["p50_s"] <= figures["p95_s"] <= figures["p99_s"] <= figures["max_s"]
+        assert figures["cpu_ms_per_command"] > 0
+        assert figures["cpu_ms_per_command"] == pytest.approx(
+            figures["doors_cpu_ms_per_command"] + figures["jobs_cpu_ms_per_command"]
+        )
+    assert report["bare_aiosmtpd_per_s"] > 0
+    assert 20 < report["peak_rss_mib"] < 1024
+    assert 1 <= report["ldap_connections_opened"] <= 4
+    assert report["http_connections_opened"] >= 1
+    assert report["ansible_cpu_s_per_student"] > 0
+    assert report["daemon_files_on"]
+    assert "CREATE end to end" in report["_stdout"] and report["daemon_files_on"] in report["_stdout"]
