@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import Daemon, Site, same_secret, with_app
-from tests.standins import RegistrationApp
+from tests.conftest import Daemon, Site, same_secret, with_app, with_hub
+from tests.standins import JupyterHubStandin, RegistrationApp
 
 
-def test_kill_9_between_accepting_and_finishing(site: Site, app: RegistrationApp, daemon_factory) -> None:
+def test_kill_9_between_accepting_and_finishing(
+    site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_factory
+) -> None:
     with_app(site, app)
+    with_hub(site, hub)
     app.set_delay(0.05)  # callbacks still in flight when the daemon dies
+    hub.set_delay(0.2)  # and jobs: each waits 0.2 s for its server, 8 at once
     daemon: Daemon = daemon_factory()
     accepted = []
     with daemon.smtp() as client:

@@ -139,25 +139,30 @@ class Worker:
         self._on_callbacks = on_callbacks
         self.scheduler = Scheduler()
         self._wake = asyncio.Event()
+        self._arrived = False
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
         self.finished = 0
 
     def wake(self, _job_id: int | None = None) -> None:
+        """New jobs are in the queue (the doors' process says so)."""
+        self._arrived = True
         self._wake.set()
 
     async def run(self) -> None:
         """Take and run jobs until `stop` is called."""
-        last_scan = 0.0
+        last_scan = last_look = 0.0
         while not self._stopping:
             self._wake.clear()
             now = time.time()
             if now - last_scan >= RESCAN_INTERVAL:
                 self._load(rescan=True)
-                last_scan = now
-            else:
-                # Every wake may mean a new job; the query only reads ids above the highest seen.
+                last_scan = last_look = now
+            elif self._arrived or now - last_look >= POLL_INTERVAL:
+                # The query only reads ids above the highest seen.
+                self._arrived = False
                 self._load(rescan=False)
+                last_look = now
             startable, next_due = self.scheduler.ready(now, self._concurrency - len(self._tasks))
             for job in startable:
                 self.scheduler.start(job.id)
