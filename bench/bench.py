@@ -184,6 +184,15 @@ def daemon_files(where: str, scratch: Path) -> Iterator[tuple[Path, str]]:
         subprocess.run(["umount", str(mount)], check=False)
 
 
+def stop_daemon(daemon: Daemon) -> None:
+    """Stop it with SIGTERM; kill it (and so its jobs process) if that takes too long."""
+    try:
+        daemon.stop()
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        raise
+
+
 # --- sending ---
 
 
@@ -387,20 +396,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             site.values[key] = yaml.safe_load(value)
         entry: dict[str, Any] = {"range": [1, args.count], "varpass": True}
         slapd = None
-        if not args.no_ldap:
-            from tests.slapd import Slapd
-
-            slapd = Slapd(root / "slapd")
-            slapd.add_students({s: f"initial-{s}" for s in range(1, args.count + 1)})
-            slapd.start()
-            site.values.update(slapd.location_keys())
-            entry["ldap"] = True
-        site.workshops = {"WKSHP-Bench": entry}
+        # Whatever fails, everything started is stopped (in reverse order), each even if
+        # stopping another failed: no slapd or daemon outlives the run, no mount stays busy.
         stack = contextlib.ExitStack()
         try:
+            if not args.no_ldap:
+                from tests.slapd import Slapd
+
+                slapd = Slapd(root / "slapd")
+                slapd.add_students({s: f"initial-{s}" for s in range(1, args.count + 1)})
+                stack.callback(slapd.stop)
+                slapd.start()
+                site.values.update(slapd.location_keys())
+                entry["ldap"] = True
+            site.workshops = {"WKSHP-Bench": entry}
             ldap_before = slapd.connections_total() if slapd else 0
-            daemon = Daemon(site).start()
-            stack.callback(daemon.stop)
+            daemon = Daemon(site)
+            stack.callback(stop_daemon, daemon)
+            daemon.start()
             assert daemon.process is not None
             pid = daemon.process.pid
             http_before = app.connections_accepted
@@ -413,8 +426,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["ldap_connections_opened"] = slapd.connections_total() - ldap_before - 1
         finally:
             stack.close()
-            if slapd:
-                slapd.stop()
         report["ansible_cpu_s_per_student"] = ansible_cpu_per_student(workshop, args.ansible_students, root / "ansible")
     report["intake_ratio_to_bare"] = report["create"]["intake_per_s"] / report["bare_aiosmtpd_per_s"]
     report["cpu_ratio_ansible_to_wodmail"] = (

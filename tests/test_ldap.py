@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,9 @@ def slapd(tmp_path: Path) -> Iterator[Slapd]:
 
 
 @pytest.fixture
-def open_directory(site: Site) -> Iterator[Callable[..., LdapDirectory]]:
-    """Make an LdapDirectory from a location with the given LDAP keys (closed at the end)."""
+async def open_directory(site: Site) -> AsyncIterator[Callable[..., LdapDirectory]]:
+    """Make an LdapDirectory from a location with the given LDAP keys (closed at the end, on
+    the test's event loop)."""
     opened: list[LdapDirectory] = []
 
     def make(slapd: Slapd | None = None, **keys: Any) -> LdapDirectory:
@@ -67,7 +68,7 @@ def open_directory(site: Site) -> Iterator[Callable[..., LdapDirectory]]:
 
     yield make
     for directory in opened:
-        directory.close()
+        await directory.aclose()
 
 
 # --- the password change ----------------------------------------------------------------

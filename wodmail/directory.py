@@ -22,9 +22,12 @@ location. In LDAPUSERDN, {LDAPDMN} goes in as a DN; every other value is escaped
 value (ldap3's `escape_rdn`), so nothing inserted can add or change an RDN.
 
 Connections: at most LDAPCONNECTIONS, opened on demand, bound once, kept and reused by every
-job (`connections_opened` counts them); one that the server dropped (a restart, an idle
-timeout) is replaced once, at once. ldap3 is synchronous: its calls run in a thread pool of
-LDAPCONNECTIONS threads, off the event loop.
+job (`connections_opened` counts them). LDAP matches answers to requests by message id, so
+one connection carries many password changes at once: a job takes an idle connection, else
+opens another while there are fewer than LDAPCONNECTIONS, else shares the least busy one.
+A kept connection that the server dropped (a restart, an idle timeout) is replaced once, at
+once, for the job that found it dropped. The LDAP exchange is `wodmail.ldapwire`'s, on the
+event loop (no threads); ldap3 is only used for its DN functions.
 
 Failures: the bind refused, the entry missing, access refused, TLS not trusted: `StepFailed`
 (the job fails at once, the reason names the bind DN or the entry). The server unreachable,
@@ -35,27 +38,22 @@ message ever carries the bind password, the student's password or its hash.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import ipaddress
 import logging
 import re
 import ssl
 import string
-import threading
 import urllib.parse
 import warnings
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from ssl import SSLContext
 
 with warnings.catch_warnings():
     # ldap3 2.9.1 imports names that pyasn1 >= 0.6 marks deprecated (tagMap, typeMap).
     warnings.simplefilter("ignore", DeprecationWarning)
-    import ldap3
-    from ldap3.core.exceptions import LDAPException, LDAPInvalidDnError
+    from ldap3.core.exceptions import LDAPInvalidDnError
     from ldap3.utils.dn import escape_rdn, parse_dn
 from passlib.hash import (  # type: ignore[import-untyped,unused-ignore]
     ldap_salted_md5,
@@ -63,6 +61,7 @@ from passlib.hash import (  # type: ignore[import-untyped,unused-ignore]
     ldap_sha512_crypt,
 )
 
+from wodmail import ldapwire
 from wodmail.errors import ConfigError, StepFailed, TransientError, WodmailError
 from wodmail.location import SECRET_KEYS, Location
 
@@ -123,14 +122,12 @@ class Endpoint:
     ssl: bool
     ipc: bool
 
-    def server(self, tls: ldap3.Tls | None, timeout: float) -> ldap3.Server:
+    async def connect(self, tls: SSLContext | None, timeout: float) -> ldapwire.LdapConnection:
+        """A new connection to the server (TLS from the start for ldaps://)."""
         if self.ipc:
-            return ldap3.Server(
-                "ldapi://" + urllib.parse.quote(self.host, safe=""), get_info=ldap3.NONE, connect_timeout=timeout
-            )
-        return ldap3.Server(
-            self.host, port=self.port, use_ssl=self.ssl, tls=tls, get_info=ldap3.NONE, connect_timeout=timeout
-        )
+            return await ldapwire.connect_unix(self.host, timeout=timeout)
+        port = self.port or (636 if self.ssl else 389)
+        return await ldapwire.connect(self.host, port, timeout=timeout, tls=tls if self.ssl else None)
 
     @property
     def loopback(self) -> bool:
@@ -359,7 +356,7 @@ def read_settings(location: Location) -> Settings:
         base_stdid=location.base_stdid,
         scheme=keys.scheme(),
         connections=keys.integer("LDAPCONNECTIONS", 4, 1, 64),
-        timeout=keys.integer("LDAPTIMEOUT", 10, 1, 600),  # ldap3 waits for answers in whole seconds
+        timeout=keys.integer("LDAPTIMEOUT", 10, 1, 600),
         entry_template=entry_template,
     )
 
@@ -461,38 +458,24 @@ def rdn_attributes(dn: str) -> dict[str, str]:
 # --- the directory --------------------------------------------------------------------------
 
 
-class _VerifiedTls(ldap3.Tls):
-    """ldap3's TLS with Python's own certificate and host name check (ldap3 uses the
-    deprecated ssl.match_hostname)."""
-
-    def __init__(self, context: ssl.SSLContext, host: str) -> None:
-        super().__init__(validate=ssl.CERT_REQUIRED)
-        self._context = context
-        self._host = host
-
-    def wrap_socket(self, connection: ldap3.Connection, do_handshake: bool = False) -> None:
-        connection.socket = self._context.wrap_socket(
-            connection.socket,
-            server_side=False,
-            do_handshake_on_connect=do_handshake,
-            server_hostname=self._host,
-        )
-
-
 class LdapDirectory:
-    """Sets student passwords in an LDAP directory, through a small pool of bound connections."""
+    """Sets student passwords in an LDAP directory, through a small pool of bound connections.
+
+    It lives on one event loop: the one that runs its first `set_student_password`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.connections_opened = 0
-        """How many connections this directory opened (and bound) so far."""
-        self._lock = threading.Lock()
-        self._idle: list[ldap3.Connection] = []
+        """How many connections this directory opened (and tried to bind) so far."""
+        self._connections: list[ldapwire.LdapConnection] = []
+        """Open and bound, for any job to use."""
+        self._opening: list[asyncio.Task[ldapwire.LdapConnection]] = []
+        self._joins = 0
         self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=settings.connections, thread_name_prefix="ldap")
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._hash = SCHEMES[settings.scheme]
         endpoint = settings.endpoint
-        self._tls = _VerifiedTls(settings.tls_context(), endpoint.host) if settings.uses_tls else None
+        self._tls = settings.tls_context() if settings.uses_tls else None
         self.where = endpoint.uri
         if not settings.uses_tls and not endpoint.loopback:
             log.warning("LDAP: %s is neither TLS nor local: the bind password travels in clear", self.where)
@@ -510,103 +493,137 @@ class LdapDirectory:
         """Replace student{stdid}'s userPassword with a salted hash of `password`."""
         if self._closed:
             raise TransientError("the LDAP directory is closed (the daemon is stopping)")
-        loop = asyncio.get_running_loop()
-        call = functools.partial(self._set_password, stdid, password)
-        return await loop.run_in_executor(self._executor, call)
-
-    def close(self) -> None:
-        """Stop taking work and unbind the idle connections."""
-        self._closed = True
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for connection in idle:
-            _unbind(connection)
-        log.info("LDAP %s: %d connection(s) opened in all", self.where, self.connections_opened)
-
-    # -- in the pool's threads ---------------------------------------------------------------
-
-    def _set_password(self, stdid: int, password: str) -> str:
         dn = self.user_dn(stdid)
         hashed = self._hash(password)
         for attempt in (1, 2):
-            connection, reused = self._take()
-            healthy = False
+            connection, reused = await self._take()
             try:
-                outcome = self._replace(connection, dn, hashed, stdid)
-                healthy = True
-                return outcome
-            except WodmailError:
-                healthy = True
-                raise
-            except LDAPException as exc:
+                return await self._replace(connection, dn, hashed, stdid)
+            except ldapwire.LdapConnectionError as exc:
+                connection.abort()
                 if reused and attempt == 1:
-                    log.info("LDAP %s: a kept connection failed (%s); opening a new one", self.where, _reason(exc))
+                    log.info("LDAP %s: a kept connection failed (%s); opening a new one", self.where, self._scrub(exc))
                     continue
                 raise self._connection_failure(exc, f"replace the userPassword of {dn}") from None
-            finally:
-                if healthy:
-                    self._give_back(connection)
-                else:
-                    _unbind(connection)
         raise AssertionError("unreachable")
 
-    def _take(self) -> tuple[ldap3.Connection, bool]:
-        """An idle connection (reused: True), else a new bound one."""
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-        return self._open(), False
+    async def aclose(self) -> None:
+        """Stop taking work, unbind the connections and wait until they are closed."""
+        self._closed = True
+        opening, self._opening = self._opening, []
+        for task in opening:
+            task.cancel()
+        if opening:
+            await asyncio.wait(opening)
+        connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+        if connections:
+            await asyncio.gather(*(connection.wait_closed() for connection in connections))
+        self._log_total()
 
-    def _give_back(self, connection: ldap3.Connection) -> None:
-        with self._lock:
-            if not self._closed:
-                self._idle.append(connection)
-                return
-        _unbind(connection)
+    def close(self) -> None:
+        """Stop taking work and close the connections, from code that does not await: inside
+        the event loop the unbinds go out as it runs on; with the loop stopped, it is run
+        until they are done. Once the loop is closed the connections can only be left to the
+        operating system. A coroutine calls `aclose` instead."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(self.aclose())
+            return
+        self._closed = True
+        opening, self._opening = self._opening, []
+        for task in opening:
+            task.cancel()
+        connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+        self._log_total()
 
-    def _open(self) -> ldap3.Connection:
-        settings = self.settings
-        # A new Server each time: ldap3's remembers an address that failed as unavailable
-        # for a while, and we want to reconnect as soon as the server is back.
-        server = settings.endpoint.server(self._tls, settings.timeout)
-        connection = ldap3.Connection(
-            server,
-            user=settings.bind_dn,
-            password=settings.bind_password,
-            client_strategy=ldap3.SYNC,
-            auto_bind=ldap3.AUTO_BIND_NONE,
-            receive_timeout=settings.timeout,
-            raise_exceptions=False,
-            auto_referrals=False,
-            check_names=False,
-        )
+    def _log_total(self) -> None:
+        log.info("LDAP %s: %d connection(s) opened in all", self.where, self.connections_opened)
+
+    # -- the pool ------------------------------------------------------------------------------
+
+    async def _take(self) -> tuple[ldapwire.LdapConnection, bool]:
+        """A connection for one operation, and whether it was kept from earlier (reused):
+        an idle one, else a new one while the pool is not full, else the least busy."""
+        connections = self._connections
+        if not all(connection.usable for connection in connections):
+            connections = self._connections = [c for c in connections if c.usable]
+        least_busy = min(connections, key=_in_flight, default=None)
+        if least_busy is not None and least_busy.in_flight == 0:
+            return least_busy, True
+        if len(connections) + len(self._opening) < self.settings.connections:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            task = asyncio.create_task(self._open(), name=f"ldap-open {self.where}")
+            self._opening.append(task)
+            task.add_done_callback(self._opened)
+            return await self._join(task), False
+        if least_busy is not None:
+            return least_busy, True
+        # Every connection the pool may have is being opened: wait for one of them.
+        self._joins += 1
+        return await self._join(self._opening[self._joins % len(self._opening)]), False
+
+    async def _join(self, task: asyncio.Task[ldapwire.LdapConnection]) -> ldapwire.LdapConnection:
+        """The connection `task` opens (shared by every job waiting for it), or its error."""
         try:
-            connection.open(read_server_info=False)
-            with self._lock:
-                self.connections_opened += 1
-            if settings.start_tls:
-                connection.start_tls(read_server_info=False)
-            if not connection.bind(read_server_info=False):
-                raise self._bind_refused(connection.result)
-        except WodmailError:
-            _unbind(connection)
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and self._closed and (current is None or not current.cancelling()):
+                raise TransientError("the LDAP directory is closed (the daemon is stopping)") from None
             raise
-        except LDAPException as exc:
-            _unbind(connection)
+
+    def _opened(self, task: asyncio.Task[ldapwire.LdapConnection]) -> None:
+        """A connection was opened (into the pool), or could not be (its jobs got the error)."""
+        if task in self._opening:
+            self._opening.remove(task)
+        if task.cancelled() or task.exception() is not None:
+            return
+        connection = task.result()
+        if self._closed:
+            connection.close()
+        else:
+            self._connections.append(connection)
+
+    async def _open(self) -> ldapwire.LdapConnection:
+        settings = self.settings
+        endpoint = settings.endpoint
+        try:
+            connection = await endpoint.connect(self._tls, settings.timeout)
+        except ldapwire.LdapError as exc:
             raise self._connection_failure(exc, f"bind as {settings.bind_dn}") from None
+        self.connections_opened += 1
+        try:
+            if settings.start_tls:
+                assert self._tls is not None
+                await connection.start_tls(self._tls, endpoint.host)
+            result = await connection.bind(settings.bind_dn, settings.bind_password)
+        except ldapwire.LdapError as exc:
+            connection.abort()
+            raise self._connection_failure(exc, f"bind as {settings.bind_dn}") from None
+        except BaseException:
+            connection.abort()
+            raise
+        if not result.ok:
+            connection.close()
+            raise self._bind_refused(result)
         return connection
 
-    def _replace(self, connection: ldap3.Connection, dn: str, hashed: str, stdid: int) -> str:
-        changes = {"userPassword": [(ldap3.MODIFY_REPLACE, [hashed])]}
-        if connection.modify(dn, changes):  # type: ignore[no-untyped-call]
+    # -- the operations ------------------------------------------------------------------------
+
+    async def _replace(self, connection: ldapwire.LdapConnection, dn: str, hashed: str, stdid: int) -> str:
+        result = await connection.modify_replace(dn, "userPassword", [hashed])
+        if result.ok:
             return f"userPassword of {dn} replaced ({self.settings.scheme})"
-        result = connection.result
-        if result.get("result") == NO_SUCH_OBJECT and self.settings.entry_template is not None:
-            return self._create(connection, dn, hashed, stdid)
+        if result.code == NO_SUCH_OBJECT and self.settings.entry_template is not None:
+            return await self._create(connection, dn, hashed, stdid)
         raise self._refused(result, f"replace the userPassword of {dn}", dn)
 
-    def _create(self, connection: ldap3.Connection, dn: str, hashed: str, stdid: int) -> str:
+    async def _create(self, connection: ldapwire.LdapConnection, dn: str, hashed: str, stdid: int) -> str:
         assert self.settings.entry_template is not None
         attributes: dict[str, list[str]] = {}
         for name, pattern in self.settings.entry_template:
@@ -617,31 +634,30 @@ class LdapDirectory:
             if value not in values:
                 values.append(value)
         attributes["userPassword"] = [hashed]
-        if connection.add(dn, attributes=attributes):  # type: ignore[no-untyped-call]
+        result = await connection.add(dn, list(attributes.items()))
+        if result.ok:
             return f"{dn} created with its userPassword ({self.settings.scheme})"
-        result = connection.result
-        if result.get("result") == ENTRY_ALREADY_EXISTS:  # made by someone else meanwhile
-            return self._replace(connection, dn, hashed, stdid)
-        if result.get("result") == NO_SUCH_OBJECT:
+        if result.code == ENTRY_ALREADY_EXISTS:  # made by someone else meanwhile
+            return await self._replace(connection, dn, hashed, stdid)
+        if result.code == NO_SUCH_OBJECT:
             parent = dn.partition(",")[2] if "," in dn else dn
             raise StepFailed(f"cannot create {dn}: the LDAP server has no parent entry {parent}")
         raise self._refused(result, f"create {dn} (from LDAPENTRYTEMPLATE)", dn)
 
     # -- what went wrong ----------------------------------------------------------------------
 
-    def _bind_refused(self, result: Mapping[str, Any]) -> WodmailError:
+    def _bind_refused(self, result: ldapwire.LdapResult) -> WodmailError:
         bind_dn = self.settings.bind_dn
-        code = result.get("result")
-        if code == INVALID_CREDENTIALS:
+        if result.code == INVALID_CREDENTIALS:
             return StepFailed(
                 f"LDAP bind as {bind_dn} refused by {self.where}: invalid credentials (check LDAPBINDDN and LDAPBINDPW)"
             )
         return self._refused(result, f"bind as {bind_dn}", None)
 
-    def _refused(self, result: Mapping[str, Any], what: str, dn: str | None) -> WodmailError:
+    def _refused(self, result: ldapwire.LdapResult, what: str, dn: str | None) -> WodmailError:
         """The error for an LDAP result other than success."""
-        code = result.get("result")
-        answer = _answer(result)
+        code = result.code
+        answer = self._scrub(result)
         if code == NO_SUCH_OBJECT and dn is not None:
             return StepFailed(f"no LDAP entry {dn} on {self.where} (set LDAPCREATEMISSING to create it)")
         if code == INSUFFICIENT_ACCESS:
@@ -652,38 +668,23 @@ class LdapDirectory:
             return TransientError(f"LDAP {self.where} could not {what} now: {answer}")
         return StepFailed(f"LDAP {self.where} refused to {what}: {answer}")
 
-    def _connection_failure(self, exc: LDAPException, what: str) -> WodmailError:
-        reason = self._scrub(_reason(exc))
-        if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate verify failed" in reason:
+    def _connection_failure(self, exc: ldapwire.LdapError, what: str) -> WodmailError:
+        reason = self._scrub(exc)
+        if isinstance(exc, ldapwire.CertificateNotTrusted):
             return StepFailed(
                 f"LDAP {self.where}: the server's certificate is not trusted (check LDAPCAFILE): {reason}"
             )
-        if "startTLS failed" in reason:
-            return StepFailed(f"LDAP {self.where} refused StartTLS: {reason}")
+        if isinstance(exc, ldapwire.StartTlsRefused):
+            return StepFailed(f"LDAP {self.where} refused StartTLS: {self._scrub(exc.result)}")
         return TransientError(f"LDAP {self.where} unreachable, could not {what}: {reason}")
 
-    def _scrub(self, text: str) -> str:
+    def _scrub(self, said: object) -> str:
+        """What an error or the server said, short, and without the bind password."""
+        text = str(said).strip() or type(said).__name__
+        text = text if len(text) <= 200 else text[:197] + "..."
         secret = self.settings.bind_password
         return text.replace(secret, "(secret)") if secret else text
 
 
-def _answer(result: Mapping[str, Any]) -> str:
-    description = str(result.get("description") or f"result {result.get('result')}")
-    message = str(result.get("message") or "").strip()
-    return f"{description} ({message})" if message else description
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _unbind(connection: ldap3.Connection) -> None:
-    """Unbind and close, whatever state the connection is in (ldap3 leaves the socket open
-    when the unbind request cannot be sent)."""
-    with contextlib.suppress(LDAPException, OSError):
-        connection.unbind()
-    sock = connection.socket
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
+def _in_flight(connection: ldapwire.LdapConnection) -> int:
+    return connection.in_flight

@@ -116,14 +116,17 @@ async def run_jobs(location: Location, wake_fd: int) -> None:
             loop.remove_reader(wake_fd)
             await worker.stop(STOP_GRACE)
             if outbox is not None:
-                await asyncio.wait_for(outbox.wait_idle(), timeout=5)
+                try:
+                    await asyncio.wait_for(outbox.wait_idle(), timeout=5)
+                except TimeoutError:  # still pending in the queue: the next start sends them
+                    log.warning("callbacks still in flight after 5 s: stopping without them")
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if outbox is not None:
                 outbox.close()
             if directory is not None:
-                directory.close()
+                await directory.aclose()
             writer.close()
             log.info("jobs process stopped")
     finally:

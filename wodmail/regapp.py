@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import heapq
 import logging
 import random
@@ -31,6 +30,7 @@ from wodmail.errors import StepFailed, TransientError, TryLater
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Callback, OutboxEntry
 from wodmail.transport import Requester
+from wodmail.wakeups import wait_for_wake
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,7 @@ class Outbox:
                 self._load(rescan)
                 self._start_due(now)
                 timeout = RESCAN_INTERVAL if not self._due else self._due[0][0] - now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(RESCAN_INTERVAL, max(0.01, timeout)))
+                await wait_for_wake(self._wake, min(RESCAN_INTERVAL, max(0.01, timeout)))
         finally:
             for task in self._sending.values():
                 task.cancel()

@@ -9,7 +9,6 @@ once, runs each through its verb, and records how it ended.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import random
@@ -25,6 +24,7 @@ from wodmail.errors import StepFailed, TransientError, TryLater
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Job
 from wodmail.services import JobRun, Services, Verb
+from wodmail.wakeups import wait_for_wake
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,7 @@ class Worker:
                 self.scheduler.start(job.id)
                 self._tasks[job.id] = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
             timeout = POLL_INTERVAL if next_due is None else max(0.0, min(POLL_INTERVAL, next_due - now))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            await wait_for_wake(self._wake, timeout)
 
     def _load(self, rescan: bool) -> None:
         scheduler = self.scheduler
