@@ -31,6 +31,9 @@ NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs", "afs", "davfs", "sshfs"}
 )
 
+#: Seconds a host account's uid and gid (or its absence) are taken as known.
+ACCOUNT_TTL = 5.0
+
 _FIXED_OWNER = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
 _MODE = re.compile(r"0?[0-7]{3}")
 
@@ -62,6 +65,7 @@ class Homes:
         self.skel_dir = skel_dir
         self._owner = owner
         self.mode = mode
+        self._accounts: dict[int, tuple[float, tuple[int, int] | None]] = {}
         self.filesystem = filesystem_of(student_dir)
         self.threaded = self.filesystem in NETWORK_FILESYSTEMS or self.filesystem.startswith("fuse")
 
@@ -86,13 +90,30 @@ class Homes:
         if self._owner == "none":
             return None
         if self._owner == "student":
-            try:
-                account = pwd.getpwnam(f"student{int(stdid)}")
-            except KeyError:
-                return None
-            return account.pw_uid, account.pw_gid
+            return self._account(int(stdid))
         uid, gid = self._owner.split(":")
         return int(uid), int(gid)
+
+    def _account(self, stdid: int) -> tuple[int, int] | None:
+        """The uid and gid of the host account student{stdid}, if there is one.
+
+        Asked of the system (NSS: files, systemd, sssd...) at most once per ACCOUNT_TTL
+        seconds per student: one lookup walks a dozen userdb folders (110 us here), and a
+        job asks twice (its home, its files) within milliseconds.
+        """
+        now = time.monotonic()
+        known = self._accounts.get(stdid)
+        if known is not None and known[0] > now:
+            return known[1]
+        try:
+            entry = pwd.getpwnam(f"student{stdid}")
+            account: tuple[int, int] | None = (entry.pw_uid, entry.pw_gid)
+        except KeyError:
+            account = None
+        if len(self._accounts) >= 10_000:
+            self._accounts.clear()
+        self._accounts[stdid] = (now + ACCOUNT_TTL, account)
+        return account
 
     def home(self, stdid: int) -> Path:
         """student{stdid}'s home; refused when it is a symlink (it could point anywhere)."""
