@@ -320,3 +320,44 @@ def test_a_wrong_home_owner_stops_the_start(site: Site) -> None:
     )
     assert result.returncode == 78
     assert "HOMEOWNER: must be student, none or UID:GID" in result.stderr
+
+
+MOUNTINFO = """\
+22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:35 / /srv/homes rw,relatime shared:20 - nfs4 filer:/export/homes rw,vers=4.2
+41 22 0:36 / /srv/with\\040space rw,relatime shared:21 - fuse.sshfs host:/x rw
+42 40 0:37 / /srv/homes/local rw,relatime shared:22 - tmpfs tmpfs rw
+"""
+
+
+def test_the_filesystem_of_the_homes_is_read_from_mountinfo(tmp_path: Path) -> None:
+    from wodmail.homes import filesystem_of
+
+    assert filesystem_of(Path("/srv/homes/student1"), MOUNTINFO) == "nfs4"
+    assert filesystem_of(Path("/srv/homes"), MOUNTINFO) == "nfs4"
+    assert filesystem_of(Path("/srv/homes/local/student2"), MOUNTINFO) == "tmpfs"  # the deepest mount wins
+    assert filesystem_of(Path("/srv/homesick"), MOUNTINFO) == "ext4"  # a prefix is not a parent
+    assert filesystem_of(Path("/srv/with space/s"), MOUNTINFO) == "fuse.sshfs"
+    assert filesystem_of(Path("/dev/shm/nothing/yet")) == "tmpfs"  # the real table, a folder to come
+    assert filesystem_of(tmp_path) not in ("", "tmpfs", "nfs4")
+
+
+async def test_homes_on_a_local_disk_are_worked_on_inline_and_on_a_network_one_in_a_thread(tmp_path: Path) -> None:
+    import threading
+
+    from wodmail.homes import Homes
+
+    homes = Homes(tmp_path / "students", owner="none")
+    assert not homes.threaded and homes.filesystem
+    seen: list[str] = []
+
+    def where() -> str:
+        seen.append(threading.current_thread().name)
+        return "done"
+
+    assert await homes.run(where) == "done"
+    homes.threaded = True  # as a network filesystem would have it (none can be mounted here)
+    assert await homes.run(where) == "done"
+    await homes.reset(5)
+    assert (tmp_path / "students" / "student5").is_dir()
+    assert seen[0] == threading.current_thread().name and seen[1] != seen[0]

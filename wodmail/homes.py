@@ -83,7 +83,10 @@ class Homes:
         mode_text = location.values.get("HOMEMODE", "0750")
         if not isinstance(mode_text, str) or not _MODE.fullmatch(mode_text):
             raise ConfigError(location.file, "HOMEMODE", 'must be an octal mode in quotes, e.g. "0750"')
-        return cls(location.student_dir, location.skel_dir, owner=owner, mode=int(mode_text, 8))
+        homes = cls(location.student_dir, location.skel_dir, owner=owner, mode=int(mode_text, 8))
+        how = "in a thread (a network filesystem)" if homes.threaded else "on the event loop"
+        log.info("homes in %s, on %s: work on them runs %s", homes.student_dir, homes.filesystem or "?", how)
+        return homes
 
     def owner(self, stdid: int) -> tuple[int, int] | None:
         """Who owns student{stdid}'s home and files, or None to leave them as made."""
@@ -190,19 +193,20 @@ def signal_quietly(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def filesystem_of(path: Path) -> str:
+def filesystem_of(path: Path, mountinfo: str | None = None) -> str:
     """The type of the filesystem `path` is on (or would be, if it does not exist yet), from
-    /proc/self/mountinfo; "" when it cannot be told."""
-    path = Path(os.path.abspath(path))
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    real = os.path.realpath(path)
+    /proc/self/mountinfo (or the `mountinfo` text given); "" when it cannot be told."""
+    path, tail = Path(os.path.abspath(path)), ""
+    while not path.exists() and path != path.parent:  # a folder to come is on its parent's
+        path, tail = path.parent, os.path.join(path.name, tail)
+    real = os.path.join(os.path.realpath(path), tail).rstrip("/") or "/"
     best, kind = "", ""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    for line in lines:
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return ""
+    for line in mountinfo.splitlines():
         fields, _, rest = line.partition(" - ")
         parts = fields.split()
         if len(parts) < 5 or not rest:
