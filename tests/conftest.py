@@ -15,14 +15,18 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from tests.standins import JupyterHubStandin, RegistrationApp
+
+if TYPE_CHECKING:
+    from tests.slapd import Slapd
+    from wodmail.directory import LdapDirectory
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "templates" / "workshops"
@@ -225,6 +229,28 @@ def daemon_factory(site: Site) -> Iterator[Callable[..., Daemon]]:
     for daemon in daemons:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.stop()
+
+
+@pytest.fixture
+async def open_directory(site: Site) -> AsyncIterator[Callable[..., LdapDirectory]]:
+    """Make an LdapDirectory from a location with the given LDAP keys (closed at the end, on
+    the test's event loop)."""
+    opened: list[LdapDirectory] = []
+
+    from wodmail.directory import LdapDirectory  # imports ldap3: only for the tests that use it
+    from wodmail.location import load_location
+
+    def make(slapd: Slapd | None = None, **keys: Any) -> LdapDirectory:
+        if slapd is not None:
+            site.values.update(slapd.location_keys())
+        site.values.update(keys)
+        directory = LdapDirectory.from_location(load_location(site.write()))
+        opened.append(directory)
+        return directory
+
+    yield make
+    for directory in opened:
+        await directory.aclose()
 
 
 def with_app(site: Site, app: RegistrationApp) -> None:

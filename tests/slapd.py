@@ -54,6 +54,16 @@ SERVICE_DN = f"cn=wodmail,ou=Services,{SUFFIX}"
 PEOPLE_DN = f"ou=People,{SUFFIX}"
 
 
+def old_password(stdid: int) -> str:
+    """The password each student has in the directory before wodmail touches it (tests)."""
+    return f"before-wodmail-{stdid}"
+
+
+def new_password(stdid: int) -> str:
+    """The password the tests have wodmail set for a student."""
+    return f"set-by-wodmail-{stdid}"
+
+
 def tool(name: str) -> str:
     """The path of an OpenLDAP program; an AssertionError (a failure, not a skip) when missing."""
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")

@@ -16,32 +16,22 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import DATA, REPO, SAMPLES, Daemon, Site, same_secret, with_app
-from tests.slapd import PEOPLE_DN, SERVICE_DN, Slapd, student_dn, write_certificates
+from tests.slapd import PEOPLE_DN, SERVICE_DN, Slapd, new_password, old_password, student_dn, write_certificates
 from tests.standins import RegistrationApp
 from wodmail.directory import LdapDirectory
 from wodmail.errors import ConfigError, StepFailed, TransientError
-from wodmail.location import load_location
 
 LDAP_DATA = DATA / "ldap"
 WORKSHOP = "WKSHP-Ldap"
 FIRST, LAST = 1201, 1400
 BASESTDID = 1000  # Site's: the app knows student 1201 as 2201
-
-
-def old_password(stdid: int) -> str:
-    """The password each student has in the directory before wodmail touches it."""
-    return f"before-wodmail-{stdid}"
-
-
-def new_password(stdid: int) -> str:
-    return f"set-by-wodmail-{stdid}"
 
 
 @pytest.fixture
@@ -50,25 +40,6 @@ def slapd(tmp_path: Path) -> Iterator[Slapd]:
     server.add_students({stdid: old_password(stdid) for stdid in range(1, 6)})
     with server:
         yield server
-
-
-@pytest.fixture
-async def open_directory(site: Site) -> AsyncIterator[Callable[..., LdapDirectory]]:
-    """Make an LdapDirectory from a location with the given LDAP keys (closed at the end, on
-    the test's event loop)."""
-    opened: list[LdapDirectory] = []
-
-    def make(slapd: Slapd | None = None, **keys: Any) -> LdapDirectory:
-        if slapd is not None:
-            site.values.update(slapd.location_keys())
-        site.values.update(keys)
-        directory = LdapDirectory.from_location(load_location(site.write()))
-        opened.append(directory)
-        return directory
-
-    yield make
-    for directory in opened:
-        await directory.aclose()
 
 
 # --- the password change ----------------------------------------------------------------

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Site
-from tests.slapd import SERVICE_DN, Slapd, student_dn
+from tests.slapd import SERVICE_DN, Slapd, new_password, old_password, student_dn
 from wodmail import ldapwire
 from wodmail.directory import LdapDirectory
 from wodmail.errors import StepFailed, TransientError
@@ -298,22 +298,6 @@ async def fake_server(answer: Callable[[list[bytes]], bytes | None], *, then_clo
         await server.wait_closed()
 
 
-@pytest.fixture
-async def directory_for(site: Site) -> AsyncIterator[Callable[..., LdapDirectory]]:
-    """An LdapDirectory from a location with these keys (closed at the end, on the loop)."""
-    opened: list[LdapDirectory] = []
-
-    def make(**keys: Any) -> LdapDirectory:
-        site.values.update(keys)
-        directory = LdapDirectory.from_location(load_location(site.write()))
-        opened.append(directory)
-        return directory
-
-    yield make
-    for directory in opened:
-        await directory.aclose()
-
-
 def fake_keys(port: int) -> dict[str, Any]:
     return {
         "LDAPURI": f"ldap://127.0.0.1:{port}",
@@ -355,10 +339,10 @@ HOSTILE = [
     ("answer", "then_close", "reason", "at_once"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE]
 )
 async def test_a_misbehaving_server_is_a_transient_failure_soon_and_says_why(
-    directory_for: Callable[..., LdapDirectory], answer: bytes, then_close: bool, reason: str, at_once: bool
+    open_directory: Callable[..., LdapDirectory], answer: bytes, then_close: bool, reason: str, at_once: bool
 ) -> None:
     async with fake_server(lambda requests: answer or None, then_close=then_close) as port:
-        directory = directory_for(**fake_keys(port))
+        directory = open_directory(**fake_keys(port))
         started = time.monotonic()
         with pytest.raises(TransientError) as failure:
             await directory.set_student_password(1, "the-students-new-password")
@@ -371,10 +355,10 @@ async def test_a_misbehaving_server_is_a_transient_failure_soon_and_says_why(
 
 
 async def test_starttls_refused_by_the_server_fails_the_job_saying_so(
-    tmp_path: Path, directory_for: Callable[..., LdapDirectory]
+    tmp_path: Path, open_directory: Callable[..., LdapDirectory]
 ) -> None:
     with Slapd(tmp_path / "slapd") as server:  # no TLS configured: slapd refuses StartTLS
-        directory = directory_for(**server.location_keys(LDAPSTARTTLS=True))
+        directory = open_directory(**server.location_keys(LDAPSTARTTLS=True))
         with pytest.raises(StepFailed) as failure:
             await directory.set_student_password(1, "whatever")
         assert str(failure.value) == (
@@ -431,14 +415,6 @@ async def test_nobody_listening_is_a_connection_error() -> None:
 # --- many at once, against a real slapd -----------------------------------------------------
 
 
-def old_password(stdid: int) -> str:
-    return f"before-wodmail-{stdid}"
-
-
-def new_password(stdid: int) -> str:
-    return f"set-by-wodmail-{stdid}"
-
-
 @pytest.fixture
 def many_students(tmp_path: Path) -> Iterator[Slapd]:
     server = Slapd(tmp_path / "slapd")
@@ -448,9 +424,9 @@ def many_students(tmp_path: Path) -> Iterator[Slapd]:
 
 
 async def test_200_password_changes_at_once_share_two_connections(
-    many_students: Slapd, directory_for: Callable[..., LdapDirectory]
+    many_students: Slapd, open_directory: Callable[..., LdapDirectory]
 ) -> None:
-    directory = directory_for(**many_students.location_keys(LDAPCONNECTIONS=2))
+    directory = open_directory(**many_students.location_keys(LDAPCONNECTIONS=2))
     before = many_students.connections_total()
 
     outcomes = await asyncio.gather(*(directory.set_student_password(s, new_password(s)) for s in range(1, 201)))
