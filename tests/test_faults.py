@@ -200,6 +200,32 @@ def test_a_callback_set_aside_goes_again_when_an_operator_retries_its_job(
     assert [c.status for c in puts] == [422] * 5 + [200], [c.status for c in puts]
 
 
+def test_an_operator_sends_the_set_aside_callbacks_of_a_done_job_again(
+    site: Site, app: RegistrationApp, daemon_factory
+) -> None:
+    with_app(site, app)
+    site.values.update(CALLBACKBACKOFFMAX=0.2)
+    daemon = daemon_factory()
+    app.fail_next(5, 422, path_prefix="/customer/c41")
+    assert daemon.send("CREATE 41 c41")[0] == 250
+    (job,) = site.wait_jobs(1, timeout=30)
+    assert job[3] == "done", job
+    deadline = time.monotonic() + 30
+    while "1 failed" not in (listing := wodmail(site, "outbox")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "1 failed" in listing, listing
+    assert "1 set-aside callback(s) go out again" in wodmail(site, "retry", str(job[0]))
+    assert app.wait_for(lambda a: a.state()["customer"].get("c41", {}).get("active") == "true", timeout=30)
+    assert "0 failed" in wodmail(site, "outbox")
+    refused = subprocess.run(
+        [sys.executable, "-m", "wodmail", "--location", str(site.file), "retry", str(job[0])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 65 and "done with no set-aside callback" in refused.stderr, refused
+
+
 def test_a_hub_outage_retries_then_fails_and_an_operator_retries(
     site: Site, hub: JupyterHubStandin, daemon_factory
 ) -> None:

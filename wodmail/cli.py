@@ -4,7 +4,8 @@
     wodmail [--location FILE] deliver [-f SENDER]    take one mail on stdin (procmail / MTA pipe)
     wodmail [--location FILE] jobs [--state S]       counts, oldest waiting job, recent jobs
     wodmail [--location FILE] jobs show ID           one job: its command, steps and callbacks
-    wodmail [--location FILE] retry ID               run a failed or set-aside job again
+    wodmail [--location FILE] retry ID               run a failed or set-aside job again, or send
+                                                     its set-aside callbacks again
     wodmail [--location FILE] refused [show ID]      mails refused at the doors, and why
     wodmail [--location FILE] outbox                 callbacks waiting for the registration app
     wodmail [--location FILE] check                  load the location and its workshops, report
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("job_id", type=int)
     jobs.set_defaults(handler=cmd_jobs)
 
-    retry = sub.add_parser("retry", help="queue a failed or set-aside job again")
+    retry = sub.add_parser("retry", help="queue a failed or set-aside job, or its set-aside callbacks, again")
     retry.add_argument("job_id", type=int)
     retry.set_defaults(handler=cmd_retry)
 
@@ -312,13 +313,13 @@ def cmd_retry(location: Location, args: argparse.Namespace) -> int:
         raise ConfigError(location.state_dir, "STATEDIR", "holds no queue yet")
     writer = queue.Writer(path)
     try:
-        previous = writer.run_sync(queue.retry(args.job_id))
+        done = writer.run_sync(queue.retry(args.job_id))
     except (LookupError, ValueError) as exc:
         print(f"wodmail: {exc}", file=sys.stderr)
         return EX_DATAERR
     finally:
         writer.close()
-    print(f"job {args.job_id} was {previous}: queued again; the daemon takes it within seconds")
+    print(done)
     return 0
 
 

@@ -522,22 +522,34 @@ def postpone(job_id: int, not_before: float, error: str) -> Callable[[sqlite3.Co
 
 
 def retry(job_id: int) -> Callable[[sqlite3.Connection], str]:
-    """An operator's retry: a failed or held job goes back to the queue; returns its old state."""
+    """An operator's retry: a failed or held job goes back to the queue, and the callbacks
+    of any job that the registration app refused until they were set aside go back to the
+    outbox. Returns what was done, for the operator."""
 
     def run(conn: sqlite3.Connection) -> str:
         row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise LookupError(f"no job {job_id}")
         if row[0] not in ("failed", "held"):
-            raise ValueError(f"job {job_id} is {row[0]}: only failed or held jobs can be retried")
+            cursor = conn.execute(
+                "UPDATE outbox SET state = 'pending', next_attempt = 0, attempts = 0"
+                " WHERE job_id = ? AND state = 'failed'",
+                (job_id,),
+            )
+            if cursor.rowcount:
+                return f"job {job_id} is {row[0]}: its {cursor.rowcount} set-aside callback(s) go out again"
+            raise ValueError(
+                f"job {job_id} is {row[0]} with no set-aside callback: only failed or held jobs can be retried"
+            )
         conn.execute(
             "UPDATE jobs SET state = 'queued', not_before = 0, retries = 0, crashes = 0, received = ? WHERE id = ?",
             (time.time(), job_id),
         )
         conn.execute(
-            "UPDATE outbox SET state = 'pending', next_attempt = 0 WHERE job_id = ? AND state = 'failed'", (job_id,)
+            "UPDATE outbox SET state = 'pending', next_attempt = 0, attempts = 0 WHERE job_id = ? AND state = 'failed'",
+            (job_id,),
         )
-        return str(row[0])
+        return f"job {job_id} was {row[0]}: queued again; the daemon takes it within seconds"
 
     return run
 
