@@ -181,7 +181,18 @@ def daemon_files(where: str, scratch: Path) -> Iterator[tuple[Path, str]]:
     try:
         yield mount, "ext4 with its journal, on a loop image"
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        unmount(mount)
+
+
+def unmount(mount: Path) -> None:
+    """Unmount, waiting up to 10 s for the last files to close; say who holds it if not."""
+    for _ in range(50):
+        if subprocess.run(["umount", str(mount)], check=False, capture_output=True).returncode == 0:
+            return
+        time.sleep(0.2)
+    holders = subprocess.run(["fuser", "-vm", str(mount)], check=False, capture_output=True, text=True)
+    print(f"{mount} still busy after 10 s:\n{holders.stdout}{holders.stderr}", file=sys.stderr)
+    subprocess.run(["umount", "--lazy", str(mount)], check=False)
 
 
 def stop_daemon(daemon: Daemon) -> None:

@@ -152,11 +152,10 @@ class Homes:
 
     async def end_processes(self, stdid: int, grace: float = 2.0) -> int:
         """Stop every process of the host account student{stdid}, if there is one; return how many."""
-        try:
-            uid = pwd.getpwnam(f"student{int(stdid)}").pw_uid
-        except KeyError:
+        account = self._account(int(stdid))
+        if account is None:
             return 0
-        pids = processes_of(uid)
+        pids = processes_of(account[0])
         for pid in pids:
             signal_quietly(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace

@@ -73,9 +73,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
             for attempt in (1, 2):
                 connection, reused = await self._connection(origin, request)
                 try:
-                    status, headers, content, keep = await asyncio.wait_for(
-                        _exchange(connection, head + body, reused and attempt == 1, request.method), timeout
-                    )
+                    async with asyncio.timeout(timeout):  # no task of its own, unlike wait_for
+                        status, headers, content, keep = await _exchange(
+                            connection, head + body, reused and attempt == 1, request.method
+                        )
                 except _Stale:
                     connection.close()
                     continue
