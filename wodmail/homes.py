@@ -83,10 +83,12 @@ class Homes:
         mode_text = location.values.get("HOMEMODE", "0750")
         if not isinstance(mode_text, str) or not _MODE.fullmatch(mode_text):
             raise ConfigError(location.file, "HOMEMODE", 'must be an octal mode in quotes, e.g. "0750"')
-        homes = cls(location.student_dir, location.skel_dir, owner=owner, mode=int(mode_text, 8))
-        how = "in a thread (a network filesystem)" if homes.threaded else "on the event loop"
-        log.info("homes in %s, on %s: work on them runs %s", homes.student_dir, homes.filesystem or "?", how)
-        return homes
+        return cls(location.student_dir, location.skel_dir, owner=owner, mode=int(mode_text, 8))
+
+    def describe(self) -> str:
+        """Where the homes are, and how work on them runs (for the start's log)."""
+        how = "in a thread (a network filesystem)" if self.threaded else "on the event loop"
+        return f"homes in {self.student_dir}, on {self.filesystem or '?'}: work on them runs {how}"
 
     def owner(self, stdid: int) -> tuple[int, int] | None:
         """Who owns student{stdid}'s home and files, or None to leave them as made."""

@@ -109,7 +109,7 @@ async def run_jobs(location: Location, wake_fd: int) -> None:
         tasks = [asyncio.create_task(worker.run(), name="worker")]
         if outbox is not None:
             tasks.append(asyncio.create_task(outbox.run(), name="outbox"))
-        log.info("jobs process ready (%d workers)", location.workers)
+        log.info("jobs process ready (%d workers); %s", location.workers, services.homes.describe())
         try:
             await stop.wait()
         finally:
