@@ -8,6 +8,7 @@ JupyterHub stand-ins.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -272,3 +273,18 @@ def test_jobs_command_shows_states_and_steps(site: Site, daemon_factory) -> None
     for step in ("set password", "reset home", "deploy workshop", "report to registration app"):
         assert step in show
     assert "APIENDPOINT not set" in show
+
+
+def test_the_jobs_process_runs_below_the_doors(site: Site, daemon_factory) -> None:
+    """JOBSNICE lower, and the batch policy: a burst's mail is answered before jobs run."""
+    site.values["JOBSNICE"] = 7
+    daemon = daemon_factory()
+    assert daemon.process is not None
+    doors = daemon.process.pid
+    deadline = time.monotonic() + 10
+    while "jobs process ready" not in daemon.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (jobs,) = (int(child) for child in Path(f"/proc/{doors}/task/{doors}/children").read_text().split())
+    assert os.getpriority(os.PRIO_PROCESS, jobs) - os.getpriority(os.PRIO_PROCESS, doors) == 7
+    assert os.sched_getscheduler(jobs) == os.SCHED_BATCH
+    assert os.sched_getscheduler(doors) == os.SCHED_OTHER

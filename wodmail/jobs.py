@@ -4,7 +4,8 @@
 commands, nothing else, so a burst of registrations is answered at the speed of the disk
 whatever the jobs cost. It starts this second one (`wodmail jobs-process`, not for
 operators), which runs the jobs and delivers the callbacks, at a lower CPU priority
-(JOBSNICE, default 10): on a busy host the mail is answered first and the jobs catch up.
+(JOBSNICE, default 10, and the kernel's batch policy): on a busy host the mail is answered
+first and the jobs catch up.
 Two processes also put both cores of a small Jupyter host to work.
 
 The two share the queue database (SQLite serialises their writes) and one pipe: the doors
@@ -54,6 +55,10 @@ async def run_jobs(location: Location, wake_fd: int) -> None:
     if os.getppid() != parent:  # the parent died before the prctl took
         os.kill(os.getpid(), signal.SIGKILL)
     os.nice(jobs_nice(location))
+    # A batch task is not favoured on waking: the doors, woken by each SMTP command, get
+    # their core at once while the jobs process, always busy in a burst, takes what is left.
+    with contextlib.suppress(OSError):  # a sandbox may forbid it: the nice value still holds
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
     db_path = location.state_dir / "queue.sqlite3"
     directory = None
