@@ -56,6 +56,15 @@ def crash_points() -> list[tuple[str, str, str]]:
     return points
 
 
+def outbox_once(site: Site, text: str, timeout: float = 30.0) -> str:
+    """`wodmail outbox` once it shows `text` (an AssertionError after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while text not in (listing := wodmail(site, "outbox")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert text in listing, listing
+    return listing
+
+
 def wodmail(site: Site, *args: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "wodmail", "--location", str(site.file), *args],
@@ -184,10 +193,7 @@ def test_a_callback_set_aside_goes_again_when_an_operator_retries_its_job(
     assert daemon.send("CREATE 40 c40")[0] == 250
     (job,) = site.wait_jobs(1, timeout=30)
     assert job[3] == "failed", job
-    deadline = time.monotonic() + 30
-    while "1 failed" not in (listing := wodmail(site, "outbox")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert "1 failed" in listing and "422" in listing, listing
+    assert "422" in outbox_once(site, "1 failed")
     assert "c40" not in app.state()["customer"]
 
     hub.clear_failures()
@@ -210,10 +216,7 @@ def test_an_operator_sends_the_set_aside_callbacks_of_a_done_job_again(
     assert daemon.send("CREATE 41 c41")[0] == 250
     (job,) = site.wait_jobs(1, timeout=30)
     assert job[3] == "done", job
-    deadline = time.monotonic() + 30
-    while "1 failed" not in (listing := wodmail(site, "outbox")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert "1 failed" in listing, listing
+    outbox_once(site, "1 failed")
     assert "1 set-aside callback(s) go out again" in wodmail(site, "retry", str(job[0]))
     assert app.wait_for(lambda a: a.state()["customer"].get("c41", {}).get("active") == "true", timeout=30)
     assert "0 failed" in wodmail(site, "outbox")

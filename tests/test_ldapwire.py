@@ -23,12 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Site
 from tests.slapd import SERVICE_DN, Slapd, new_password, old_password, student_dn
 from wodmail import ldapwire
 from wodmail.directory import LdapDirectory
 from wodmail.errors import StepFailed, TransientError
-from wodmail.location import load_location
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # ldap3 with pyasn1 >= 0.6
@@ -464,24 +462,22 @@ def current_connections(server: Slapd) -> int:
     return int(admin.response[0]["raw_attributes"]["monitorCounter"][0])
 
 
-def test_close_from_code_that_does_not_await_unbinds_the_connections(tmp_path: Path, site: Site) -> None:
-    """At shutdown, outside the event loop: close() runs the loop until the unbinds are done."""
+async def test_aclose_unbinds_the_connections_and_refuses_more_work(
+    tmp_path: Path, open_directory: Callable[..., LdapDirectory]
+) -> None:
+    """At shutdown: the unbinds go out, the server sees the connection end, and a job that
+    still asks gets a transient error (it runs again after the restart)."""
     server = Slapd(tmp_path / "slapd")
     server.add_students({1: old_password(1)})
     with server:
-        site.values.update(server.location_keys())
-        directory = LdapDirectory.from_location(load_location(site.write()))
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(directory.set_student_password(1, new_password(1)))
-            idle = current_connections(server)  # the admin's and the directory's
-        finally:
-            directory.close()
-            loop.close()
+        directory = open_directory(server)
+        await directory.set_student_password(1, new_password(1))
+        idle = current_connections(server)  # the admin's and the directory's
+        await directory.aclose()
         deadline = time.monotonic() + 5
         while current_connections(server) != idle - 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+            await asyncio.sleep(0.02)
         assert current_connections(server) == idle - 1
         gc.collect()  # an unclosed transport would warn now (and the warning fail the test)
         with pytest.raises(TransientError, match="the LDAP directory is closed"):
-            asyncio.run(directory.set_student_password(1, new_password(1)))
+            await directory.set_student_password(1, new_password(1))

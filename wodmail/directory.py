@@ -472,7 +472,6 @@ class LdapDirectory:
         self._opening: list[asyncio.Task[ldapwire.LdapConnection]] = []
         self._joins = 0
         self._closed = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._hash = SCHEMES[settings.scheme]
         endpoint = settings.endpoint
         self._tls = settings.tls_context() if settings.uses_tls else None
@@ -522,24 +521,6 @@ class LdapDirectory:
             await asyncio.gather(*(connection.wait_closed() for connection in connections))
         self._log_total()
 
-    def close(self) -> None:
-        """Stop taking work and close the connections, from code that does not await: inside
-        the event loop the unbinds go out as it runs on; with the loop stopped, it is run
-        until they are done. Once the loop is closed the connections can only be left to the
-        operating system. A coroutine calls `aclose` instead."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed() and not loop.is_running():
-            loop.run_until_complete(self.aclose())
-            return
-        self._closed = True
-        opening, self._opening = self._opening, []
-        for task in opening:
-            task.cancel()
-        connections, self._connections = self._connections, []
-        for connection in connections:
-            connection.close()
-        self._log_total()
-
     def _log_total(self) -> None:
         log.info("LDAP %s: %d connection(s) opened in all", self.where, self.connections_opened)
 
@@ -555,8 +536,6 @@ class LdapDirectory:
         if least_busy is not None and least_busy.in_flight == 0:
             return least_busy, True
         if len(connections) + len(self._opening) < self.settings.connections:
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
             task = asyncio.create_task(self._open(), name=f"ldap-open {self.where}")
             self._opening.append(task)
             task.add_done_callback(self._opened)

@@ -285,7 +285,7 @@ class Writer:
         try:
             while True:
                 values: dict[int, Any] = {}
-                _begin(conn)
+                _until_free(conn, "BEGIN IMMEDIATE")  # the write lock
                 for index, (fn, _waiter) in enumerate(batch):
                     if index in errors:
                         continue
@@ -308,11 +308,6 @@ class Writer:
                 conn.execute("ROLLBACK")
             failure = TryLater(f"the queue could not commit: {exc}")
             return [(waiter, None, failure) for _fn, waiter in batch]
-
-
-def _begin(conn: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE: take the write lock, waiting while the other process holds it."""
-    _until_free(conn, "BEGIN IMMEDIATE")
 
 
 def _until_free(conn: sqlite3.Connection, statement: str) -> None:

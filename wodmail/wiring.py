@@ -75,6 +75,6 @@ async def check_settings(location: Location) -> None:
     if location.ldap_uri:
         from wodmail.directory import LdapDirectory  # imports ldap3: only where there is LDAP
 
-        LdapDirectory.from_location(location).close()
+        await LdapDirectory.from_location(location).aclose()
     async with httpx.AsyncClient() as client:
         build_services(location, client)

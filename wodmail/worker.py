@@ -49,7 +49,6 @@ class Scheduler:
         self.lines: dict[int, deque[int]] = {}
         self.running: set[int] = set()
         self.highest = 0
-        self.removed_since_scan: set[int] = set()
         self._candidates: list[int] = []
         self._queued: set[int] = set()
         self._later: list[tuple[float, int]] = []
@@ -75,7 +74,6 @@ class Scheduler:
     def remove(self, job_id: int) -> None:
         job = self.jobs.pop(job_id)
         self.running.discard(job_id)
-        self.removed_since_scan.add(job_id)
         for stdid in job.command.students:
             line = self.lines[stdid]
             line.remove(job_id)
@@ -171,19 +169,16 @@ class Worker:
             await wait_for_wake(self._wake, timeout)
 
     def _load(self, rescan: bool) -> None:
-        scheduler = self.scheduler
-        if rescan:
-            scheduler.removed_since_scan.clear()
+        """Add the open jobs the scheduler does not hold yet. A read of the WAL, never waiting
+        for the writer: cheaper inline than in a thread, and nothing ends while it runs (a
+        job leaves the scheduler only once its end is committed, so it is never read back)."""
         try:
-            # a read of the WAL, never waiting for the writer: cheaper inline than in a thread
-            jobs = queue.open_jobs(self._reader, 0 if rescan else scheduler.highest)
+            jobs = queue.open_jobs(self._reader, 0 if rescan else self.scheduler.highest)
         except sqlite3.Error as exc:
             log.warning("cannot read the queue: %s", exc)
             return
         for job in jobs:
-            # A job read as open but finished while the query ran must not come back.
-            if job.id not in scheduler.removed_since_scan:
-                scheduler.add(job)
+            self.scheduler.add(job)
 
     async def stop(self, grace: float) -> None:
         """Stop taking jobs; let running ones finish for `grace` seconds, then hand them back."""
