@@ -42,6 +42,7 @@ from wodmail.errors import BadCommand
 from wodmail.inbound import InboundMail, Reply
 from wodmail.intake import CommandIntake
 from wodmail.location import load_location
+from wodmail.peers import LocalClient
 
 PER_MAIL_SECONDS = 5.0
 
@@ -478,6 +479,11 @@ PEERS = [
 REFUSAL_CODES = {550, 554}
 
 
+def local(peer: str | None) -> LocalClient | None:
+    """Who the doors say opened a loopback connection: root, as in these tests."""
+    return LocalClient(0) if peer == "127.0.0.1" else None
+
+
 async def submit_all(intake: CommandIntake, mails: list[InboundMail]) -> list[Reply]:
     async def one(mail: InboundMail) -> Reply:
         started = time.monotonic()
@@ -516,7 +522,7 @@ def test_the_intake_in_process(site: Site) -> None:
         mails = []
         for data in datas:
             door, peer, sender = rnd.choice(PEERS)
-            mails.append(InboundMail(door=door, peer=peer, mail_from=sender, data=data))
+            mails.append(InboundMail(door=door, peer=peer, mail_from=sender, data=data, local_client=local(peer)))
         replies = asyncio.run(submit_all(intake, mails))
         check_replies(site, mails, replies, outcomes)
 
@@ -541,7 +547,10 @@ def test_the_intake_on_extreme_mails(site: Site) -> None:
     writer = queue.Writer(queue.open_database(location.state_dir))
     intake = CommandIntake(location, writer)
     mails = [
-        InboundMail(door="smtp", peer="127.0.0.1", mail_from="wod@example.com", data=raw) for raw in EXTREME.values()
+        InboundMail(
+            door="smtp", peer="127.0.0.1", mail_from="wod@example.com", data=raw, local_client=local("127.0.0.1")
+        )
+        for raw in EXTREME.values()
     ]
     try:
         replies = asyncio.run(submit_all(intake, mails))

@@ -376,7 +376,10 @@ def test_the_site_examples_load(site: str, tmp_path: Path, monkeypatch: pytest.M
     assert location.api_password == "secret-wod_apipwd"
     assert location.api_endpoint is not None and location.api_user is not None
     assert location.peer_is_legacy("192.0.2.10")
-    assert location.peer_is_trusted("192.0.2.10") and location.trust_local
+    assert location.peer_is_trusted("192.0.2.10")
+    # Students have shells on these hosts: only the registration app is trusted.
+    assert location.trusted_peers == location.legacy_peers == (IPv4Network("192.0.2.10/32"),)
+    assert not location.trust_local and not location.peer_is_trusted("127.0.0.1")
     assert location.sender_is_trusted("wod@example.com")
     assert not location.sender_is_trusted("mallory@example.org")
     assert location.workshops

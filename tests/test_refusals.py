@@ -94,18 +94,27 @@ def deliver(site: Site, mail: bytes, *args: str) -> subprocess.CompletedProcess[
     )
 
 
+#: What the site's MTA writes on top of a mail the registration app sent it (procmailrc.example).
+RELAYED = (
+    b"Received: from app.example.com (app.example.com [198.51.100.25])\n"
+    b"\tby jupyter.example.com (Postfix) with ESMTP id 4XyZ; Mon, 1 Jan 2024 00:00:00 +0000\n"
+)
+
+
 def test_deliver_exit_codes(site: Site) -> None:
-    accepted = deliver(site, (DATA / "mails" / "create.eml").read_bytes(), "-f", "wod@example.com")
+    site.values["TRUSTEDPEERS"] = ["127.0.0.0/8", "198.51.100.25", "local"]
+    create = RELAYED + (DATA / "mails" / "create.eml").read_bytes()
+    accepted = deliver(site, create, "-f", "wod@example.com")
     assert accepted.returncode == 0, accepted.stderr
     assert accepted.stdout.startswith(b"250 queued as job 1")
-    again = deliver(site, (DATA / "mails" / "create.eml").read_bytes())
+    again = deliver(site, create)
     assert again.returncode == 0 and b"already have this command as job 1" in again.stdout
 
-    bad = deliver(site, (REFUSED / "unknown-verb.eml").read_bytes())
+    bad = deliver(site, RELAYED + (REFUSED / "unknown-verb.eml").read_bytes())
     assert bad.returncode == 65 and b"unknown verb" in bad.stderr
 
-    site.values["TRUSTEDPEERS"] = ["127.0.0.1"]  # no "local": the pipe is not trusted
-    denied = deliver(site, (DATA / "mails" / "create.eml").read_bytes())
+    site.values["TRUSTEDPEERS"] = ["127.0.0.1", "198.51.100.25"]  # no "local": the pipe is not trusted
+    denied = deliver(site, create)
     assert denied.returncode == 77 and b"local" in denied.stderr
     assert [job[1:4] for job in site.jobs()] == [("CREATE", 1, "queued")]
     assert [r[3] for r in site.refused()] == [554, 550]

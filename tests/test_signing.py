@@ -24,12 +24,14 @@ from wodmail.errors import ConfigError, NotPermitted
 from wodmail.inbound import InboundMail
 from wodmail.intake import CommandIntake
 from wodmail.location import Location, load_location
+from wodmail.peers import LocalClient
 from wodmail.send import compose
 from wodmail.signing import HEADER, Signature, Signatures, SigningKey, key_id, sign
 
 KEY_ONE = "test-signing-key-one-0123456789abcdef0123456789"
 KEY_TWO = "test-signing-key-two-fedcba9876543210fedcba9876"
 OUTSIDER = "198.51.100.7"
+ROOT = LocalClient(0)
 
 
 def with_keys(site: Site, *keys: str) -> None:
@@ -246,9 +248,12 @@ async def test_the_legacy_door_stays_closed_to_unlisted_peers_even_signed(site: 
         550,
         f"{OUTSIDER} may not send commands on the legacy port (not in LEGACYPEERS)",
     )
-    listed = InboundMail(door="legacy", peer="127.0.0.1", mail_from="x@example.net", data=signed("CREATE 6 c6"))
+    # From loopback, only as root (the kernel says who opened the connection: wodmail.peers).
+    listed = InboundMail(
+        door="legacy", peer="127.0.0.1", mail_from="x@example.net", data=signed("CREATE 6 c6"), local_client=ROOT
+    )
     assert (await intake.submit(listed)).code == 250
-    assert "(legacy peer 127.0.0.1)" in str(jobs(site)[0][4])
+    assert "(legacy peer 127.0.0.1, user root (uid 0))" in str(jobs(site)[0][4])
 
 
 async def test_a_location_without_keys_refuses_signed_commands(site: Site) -> None:

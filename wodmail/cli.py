@@ -14,7 +14,8 @@
     wodmail [--location FILE] workshops sync [--write FILE]
                                                      the registration app's workshops against ours
     wodmail [--location FILE] send VERB ARGS... --workshop NAME [--customer C] [--email A] [--print]
-                                                     compose a signed command mail and submit it
+                                                     compose a command mail and submit it: through
+                                                     the admin socket (root), else signed over SMTP
 
 The location is FILE, else $WODMAIL_LOCATION, else the embedded locations/local.yaml.
 Exit codes follow sysexits: 65 bad data, 75 try again later, 77 not permitted, 78 bad
@@ -135,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--all", action="store_true", help="compare every workshop the app lists")
     sync.set_defaults(handler=cmd_workshops_sync)
 
-    send = sub.add_parser("send", help="compose a signed command mail and submit it (see wodmail/send.py)")
+    send = sub.add_parser(
+        "send", help="compose a command mail and submit it: admin socket, else signed over SMTP (wodmail/send.py)"
+    )
     send.add_argument("verb", help="CREATE, CLEANUP (DELETE), RESET or PURGE")
     send.add_argument("arguments", nargs="*", help="the Subject's arguments: STUDENT [CUSTOMER [EMAIL]]")
     send.add_argument("--workshop", help="the workshop (the mail's body), e.g. WKSHP-Ansible101")
@@ -145,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--from", dest="sender", help="the envelope and From: sender (default: user@host)")
     send.add_argument("--to", dest="recipient", default="wodmail@localhost", help="the recipient")
     send.add_argument("--print", dest="print_only", action="store_true", help="print the mail instead of sending")
+    send.add_argument("--smtp", action="store_true", help="submit over SMTP, signed, even where the admin socket is")
     send.set_defaults(handler=cmd_send)
     return parser
 
@@ -161,16 +165,17 @@ def cmd_serve(location: Location, args: argparse.Namespace) -> int:
 
     for warning in location.warnings:
         logging.getLogger("wodmail.location").warning("%s", warning)
-    asyncio.run(serve(location))
+    asyncio.run(serve(location))  # logs the shared-host warnings (wodmail.trust) itself
     return 0
 
 
 def cmd_send(location: Location, args: argparse.Namespace) -> int:
+    from wodmail import admin
     from wodmail.errors import BadCommand
-    from wodmail.send import compose, submit
+    from wodmail.send import ComposedMail, compose, submit
 
-    try:
-        mail = compose(
+    def composed(unsigned_ok: bool) -> ComposedMail:
+        return compose(
             location,
             args.verb,
             list(args.arguments),
@@ -180,7 +185,29 @@ def cmd_send(location: Location, args: argparse.Namespace) -> int:
             sender=args.sender,
             recipient=args.recipient,
             key_id=args.key,
+            unsigned_ok=unsigned_ok,
         )
+
+    unavailable = "--print" if args.print_only else "--smtp"
+    try:
+        if not args.print_only and not args.smtp:
+            mail = composed(unsigned_ok=True)
+            try:
+                reply = admin.submit(location.state_dir, mail.as_bytes(crlf=False), args.sender or "")
+            except admin.AdminUnavailable as exc:
+                unavailable = str(exc)  # not root, or no daemon here: SMTP, signed
+            except OSError as exc:
+                print(f"wodmail send: the admin socket failed: {exc}", file=sys.stderr)
+                return EX_TEMPFAIL
+            else:
+                print(reply.line, file=sys.stdout if reply.accepted else sys.stderr)
+                return exit_code_for(reply.code)
+        try:
+            mail = composed(unsigned_ok=False)
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.file, exc.key, f"{exc.reason}; the admin socket, which needs none, is not usable ({unavailable})"
+            ) from None
     except BadCommand as exc:
         print(f"wodmail send: not a valid command: {exc}", file=sys.stderr)
         return EX_DATAERR
@@ -231,6 +258,11 @@ def reader(location: Location) -> sqlite3.Connection:
     return queue.connect(path)
 
 
+def origin(door: str, peer: str | None) -> str:
+    """Where a mail came from, as `jobs show` and `refused show` say it."""
+    return peer or ("the admin socket" if door == "admin" else "local pipe")
+
+
 def when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
@@ -270,7 +302,7 @@ def show_job(conn: sqlite3.Connection, job_id: int) -> int:
         f"  state     {job.state}" + (f" (not before {when(job.not_before)})" if job.not_before > time.time() else "")
     )
     print(
-        f"  received  {when(job.received)} by {job.door} from {job.peer or 'local pipe'}, sender {job.sender or '<>'}"
+        f"  received  {when(job.received)} by {job.door} from {origin(job.door, job.peer)}, sender {job.sender or '<>'}"
     )
     print(f"  trusted   {command.auth}")
     if command.message_id:
@@ -332,9 +364,7 @@ def cmd_refused(location: Location, args: argparse.Namespace) -> int:
             return EX_DATAERR
         rid, received, door, peer, sender, code, reason, size, mail = row
         print(f"refused mail {rid}: {code} {reason}")
-        print(
-            f"  received {when(received)} by {door} from {peer or 'local pipe'}, sender {sender or '<>'}, {size} bytes"
-        )
+        print(f"  received {when(received)} by {door} from {origin(door, peer)}, sender {sender or '<>'}, {size} bytes")
         print("-" * 60)
         sys.stdout.write(bytes(mail).decode("utf-8", "replace"))
         print()
@@ -364,8 +394,11 @@ def cmd_outbox(location: Location, args: argparse.Namespace) -> int:
 
 
 def cmd_check(location: Location, args: argparse.Namespace) -> int:
+    from wodmail.admin import socket_path
+    from wodmail.peers import describe_uid
     from wodmail.signing import Signatures
     from wodmail.smtp import SmtpLimits, SmtpSecurity
+    from wodmail.trust import shared_host_warnings
     from wodmail.wiring import check_settings, seconds
 
     # Every setting `serve` reads at start: a wrong one is the same one-line error here.
@@ -377,7 +410,24 @@ def cmd_check(location: Location, args: argparse.Namespace) -> int:
     seconds(location, "LEGACYSESSIONTIMEOUT", 60)
     print(f"location {location.name}: {location.file}")
     print(f"  settings: all checked; {len(signing_keys)} signing key(s)")
-    print(f"  doors: SMTP {location.smtp_host}:{location.smtp_port}, legacy {location.legacy_port or 'closed'}")
+    print(
+        f"  doors: SMTP {location.smtp_host}:{location.smtp_port}, legacy {location.legacy_port or 'closed'}, "
+        f"admin socket {socket_path(location.state_dir)}"
+    )
+    print(
+        "  unsigned commands from: "
+        + ", ".join(str(net) for net in location.trusted_peers)
+        + (
+            ", `local` (deliver: when the MTA's Received header names one of those, off this host)"
+            if location.trust_local
+            else ""
+        )
+        + "; from this host only by "
+        + ", ".join(describe_uid(uid) for uid in sorted(location.local_peer_uids))
+    )
+    # On stderr, loud, and apart from the report: they are about this host, not the files.
+    for warning in shared_host_warnings(location):
+        print(f"WARNING: {warning}", file=sys.stderr)
     print(f"  state {location.state_dir}, homes {location.student_dir}, workshops {location.workshop_dir}")
     print(f"  students {location.student_min}..{location.student_max}, BASESTDID {location.base_stdid}")
     print(

@@ -1,13 +1,19 @@
 """`wodmail serve`: the doors of one location, and the jobs process beside them.
 
 Start-up: load the location (a configuration error stops here, one line saying why), check
-every setting the jobs will need, take the STATEDIR lock (one daemon per state), start the
+every setting the jobs will need, take the STATEDIR lock (one daemon per state), remove what
+a crash left half-made there and make the password key (durably) on first use, start the
 jobs process (wodmail/jobs.py: it puts interrupted jobs back on the queue and runs them),
 then open the doors. This process only answers mail: parse, check, commit, answer, and
 wake the jobs process.
 
 SIGTERM / SIGINT: close the doors, let commits in flight finish, then stop the jobs
 process (running jobs get a grace period, the rest are handed back), exit.
+
+The doors: SMTPPORT (standard), LEGACYPORT (the registration app's crude client), and the
+admin socket STATEDIR/admin.sock (root and wodmail's own user: `wodmail send`). On a host
+with student accounts, the start log warns when the peer lists reach loopback
+(wodmail.trust).
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wodmail import queue
+from wodmail.admin import AdminDoor
 from wodmail.errors import ConfigError
 from wodmail.intake import CommandIntake
 from wodmail.jobs import STOP_GRACE, JobsProcess
 from wodmail.legacy import LegacyLimits, drain, start_legacy_server
 from wodmail.location import Location
-from wodmail.passwords import PasswordMint
+from wodmail.passwords import PasswordMint, remove_temporaries
+from wodmail.peers import HostPeers
 from wodmail.smtp import SmtpLimits, SmtpSecurity, start_smtp_server
+from wodmail.trust import shared_host_warnings
 from wodmail.wiring import check_settings, seconds
 
 log = logging.getLogger(__name__)
@@ -69,9 +78,19 @@ def state_lock(state_dir: Path) -> Iterator[int]:
 async def serve(location: Location, ready: asyncio.Event | None = None) -> None:
     await check_settings(location)
     db_path = queue.open_database(location.state_dir)
-    PasswordMint.for_state_dir(location.state_dir)  # made before anything is accepted
     with state_lock(location.state_dir) as lock_fd:
+        remove_half_made(location.state_dir)
+        PasswordMint.for_state_dir(location.state_dir)  # made, durably, before anything is accepted
         await _serve(location, db_path, lock_fd, ready)
+
+
+def remove_half_made(state_dir: Path) -> None:
+    """Remove what a crash (or a power cut) left half-made in STATEDIR, under the lock, before
+    anything else runs: the temporary files of a password key being made. (The hooks' run
+    folder is the jobs process's: wodmail/jobs.py empties it at its start.)"""
+    removed = remove_temporaries(state_dir)
+    if removed:
+        log.warning("removed what a crash left half-made in %s: %s", state_dir, ", ".join(sorted(removed)))
 
 
 async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio.Event | None) -> None:
@@ -86,16 +105,24 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
     )
     writer = queue.Writer(db_path)
     jobs = JobsProcess(location, keep_fds=(lock_fd,))
+    host_peers = HostPeers()
     try:
-        intake = CommandIntake(location, writer, on_enqueued=jobs.wake)
+        intake = CommandIntake(location, writer, on_enqueued=jobs.wake, peers=host_peers)
     except ConfigError:
         writer.close()
         raise
+    # Once every setting is known good (a configuration error is one line and nothing else).
+    for warning in shared_host_warnings(location):
+        log.warning("%s", warning)
     await jobs.start()
     watcher = asyncio.create_task(jobs.watch(), name="jobs-watch")
     servers: list[asyncio.Server] = []
     legacy_server = None
+    admin = AdminDoor(intake, location.state_dir, location.max_message_size)
+    admin_started = False
     try:
+        await admin.start()  # first: once SMTPPORT answers, `wodmail send` finds it
+        admin_started = True
         servers.append(
             await start_smtp_server(
                 intake,
@@ -104,6 +131,7 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
                 max_message_size=location.max_message_size,
                 limits=smtp_limits,
                 security=smtp_security,
+                host_peers=host_peers,
             )
         )
         if location.legacy_port is not None:
@@ -112,6 +140,7 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
                 location.smtp_host,
                 location.legacy_port,
                 legacy_limits,
+                host_peers,
             )
             servers.append(legacy_server)
         for server in servers:
@@ -132,8 +161,11 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
             server.close()
         if legacy_server is not None:
             await drain(legacy_server)
+        if admin_started:
+            await admin.drain()
         await jobs.stop(STOP_GRACE + 10)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         writer.close()
+        host_peers.close()
         log.info("stopped")

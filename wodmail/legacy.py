@@ -31,9 +31,11 @@ door never loses one:
   endings: every line, the last included, ends with ``\\n``.
 * At each end of DATA the door builds one `InboundMail` (door ``"legacy"``) and awaits
   `Intake.submit`; the reply line is the intake's. Whether this peer may send at all is the
-  intake's decision (it answers 550), not the door's. The submit runs in its own task, shielded
-  from the connection: it runs to completion whether or not the client is still there, and
-  writes to a closed transport are skipped.
+  intake's decision (it answers 550), not the door's. For a client on this host the door
+  asks the kernel, when the connection is accepted, who opened it (`wodmail.peers`): on a
+  host with students, 127.x says nothing about who is sending. The submit runs in its own
+  task, shielded from the connection: it runs to completion whether or not the client is
+  still there, and writes to a closed transport are skipped.
 * **Input that ends inside DATA** (EOF, reset, or a timeout before the ``.`` line) is never
   submitted: the mail may be truncated, and a truncated command (a cut-off student id, say)
   must not run. It is recorded instead: ``intake.record_incomplete(mail, reason)`` is called if
@@ -70,6 +72,7 @@ from typing import Any
 
 from wodmail.errors import Refusal, TryLater
 from wodmail.inbound import InboundMail, Intake, Reply
+from wodmail.peers import HostPeers, LocalClient
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +122,12 @@ def _clean(text: str) -> str:
 class LegacyDoor:
     """The listener's shared state: the intake, the limits, and what is still running."""
 
-    def __init__(self, intake: Intake, limits: LegacyLimits = LegacyLimits()) -> None:
+    def __init__(
+        self, intake: Intake, limits: LegacyLimits = LegacyLimits(), host_peers: HostPeers | None = None
+    ) -> None:
         self.intake = intake
         self.limits = limits
+        self.host_peers = host_peers or HostPeers()
         self.hostname = socket.gethostname() or "localhost"
         self._sessions: set[_LegacySession] = set()
         self._session_tasks: set[asyncio.Task[None]] = set()
@@ -172,10 +178,10 @@ _DOORS: weakref.WeakKeyDictionary[asyncio.Server, LegacyDoor] = weakref.WeakKeyD
 
 
 async def start_legacy_server(
-    intake: Intake, host: str, port: int, limits: LegacyLimits = LegacyLimits()
+    intake: Intake, host: str, port: int, limits: LegacyLimits = LegacyLimits(), host_peers: HostPeers | None = None
 ) -> asyncio.Server:
     """Start the legacy door on host:port. Shut it down with `drain(server)`."""
-    return await LegacyDoor(intake, limits).start(host, port)
+    return await LegacyDoor(intake, limits, host_peers).start(host, port)
 
 
 async def drain(server: asyncio.Server, grace: float = 1.0) -> None:
@@ -198,6 +204,7 @@ class _LegacySession(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
+        self.local_client: LocalClient | None = None
         # input
         self._buf = bytearray()
         self._pos = 0
@@ -231,6 +238,8 @@ class _LegacySession(asyncio.Protocol):
         self.transport = transport
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else None
+        # Asked at once: the client's socket is open now; by the end of DATA it may not be.
+        self.local_client = self.door.host_peers.client_of(transport.get_extra_info("sockname"), peername)
         log.debug("legacy %s: connected", self.peer)
         self._timers.append(self.loop.call_later(self.limits.greeting_delay, self._greet))
         self._timers.append(self.loop.call_later(self.limits.total_timeout, self.end_input, "total"))
@@ -504,6 +513,7 @@ class _LegacySession(asyncio.Protocol):
             mail_from=self._mail_from or "",
             rcpt_tos=tuple(self._rcpt_tos),
             data=b"".join(line + b"\n" for line in self._data),
+            local_client=self.local_client,
         )
 
     async def _end_of_data(self) -> None:

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ from wodmail.errors import ConfigError
 SECRET_KEYS = frozenset({"APIPWD", "JPHUBTOKEN", "LDAPBINDPW", "SIGNINGKEYS", "VAULTPWD"})
 """Keys whose values are never handed to templates."""
 
-LIST_KEYS = frozenset({"LEGACYPEERS", "TRUSTEDPEERS", "TRUSTEDSENDERS", "SIGNINGKEYS"})
+LIST_KEYS = frozenset({"LEGACYPEERS", "TRUSTEDPEERS", "TRUSTEDSENDERS", "SIGNINGKEYS", "LOCALPEERUSERS"})
 """wodmail's own keys that take a list (free keys may hold lists too)."""
 
 HOOK_VERBS = ("create", "cleanup", "reset")
@@ -193,7 +194,8 @@ class Location:
     legacy_peers: tuple[Network, ...]
     trusted_peers: tuple[Network, ...]
     trust_local: bool
-    """Whether `wodmail deliver` (a pipe from the local MTA) may send unsigned commands."""
+    """Whether `wodmail deliver` (a pipe from the local MTA) may send unsigned commands: only
+    those the MTA received from a trusted address (wodmail.received)."""
     trusted_senders: tuple[str, ...]
     """Lower-cased addresses and "@domain" entries; empty: any sender from a trusted peer."""
     api_endpoint: str | None
@@ -220,13 +222,20 @@ class Location:
     """VARPRIVDIR: the private variable files; a key there overrides VARDIR's."""
     vault_password: str | None = field(default=None, repr=False)
     """VAULTPWD: decrypts the ansible-vault values of the variable files."""
+    local_peer_uids: frozenset[int] = frozenset({0})
+    """LOCALPEERUSERS: whose connections from this host (loopback, the host's own addresses)
+    count as coming from their address; default root and the user wodmail runs as. Anyone
+    else on this host (a student) is never a trusted peer (wodmail.peers)."""
 
     def template_variables(self) -> dict[str, object]:
         """Every key of the location except the secrets (SECRET_KEYS)."""
         return {key: value for key, value in self.values.items() if key not in SECRET_KEYS}
 
     def peer_is_trusted(self, address: str) -> bool:
-        """Whether `address` may send unsigned commands on SMTPPORT (a bad address: no)."""
+        """Whether `address` may send unsigned commands on SMTPPORT (a bad address: no).
+
+        An address on this host is only half the answer: who opened the connection must be
+        one of `local_peer_uids` too (the intake asks)."""
         return _address_in(address, self.trusted_peers)
 
     def peer_is_legacy(self, address: str) -> bool:
@@ -677,6 +686,28 @@ class _Keys:
             names.append(item.strip())
         return tuple(names)
 
+    def users(self, key: str) -> frozenset[int] | None:
+        """User names or numeric uids, as uids; None when the key is absent."""
+        items = self.items(key)
+        if items is None:
+            return None
+        uids: set[int] = set()
+        for item in items:
+            if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+                uids.add(item)
+                continue
+            if not isinstance(item, str) or not item.strip():
+                self.fail(key, f"expected user names or uids, found {self.shown(key, item)}")
+            name = item.strip()
+            if name.isdigit():
+                uids.add(int(name))
+                continue
+            try:
+                uids.add(pwd.getpwnam(name).pw_uid)
+            except KeyError:
+                self.fail(key, f"no user {self.shown(key, name)} on this host")
+        return frozenset(uids)
+
     def secrets(self, key: str) -> None:
         for index, item in enumerate(self.items(key) or (), start=1):
             if not isinstance(item, str) or not item:
@@ -716,6 +747,9 @@ def _build(path: Path, values: dict[str, object], hidden: set[str]) -> Location:
     legacy = keys.networks("LEGACYPEERS", allow_local=False)
     trusted = keys.networks("TRUSTEDPEERS", allow_local=True)
     trusted_senders = keys.senders("TRUSTEDSENDERS")
+    local_peer_uids = keys.users("LOCALPEERUSERS")
+    if local_peer_uids is None:
+        local_peer_uids = frozenset({0, os.geteuid()})
     keys.secrets("SIGNINGKEYS")
 
     api_endpoint = keys.url("APIENDPOINT", ("http://", "https://"))
@@ -797,6 +831,7 @@ def _build(path: Path, values: dict[str, object], hidden: set[str]) -> Location:
         var_dir=var_dir,
         var_priv_dir=var_priv_dir,
         vault_password=vault_password,
+        local_peer_uids=local_peer_uids,
     )
 
 

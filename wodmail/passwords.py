@@ -3,7 +3,8 @@
 A host key of 32 bytes from `secrets` is made once (STATEDIR/password.key, 0600). A job's
 password is HMAC-SHA256(key, "job/name") mapped onto letters and digits, so a job that is
 run again after a crash sets, renders and reports the very same password without it ever
-being stored anywhere: not in the queue, not in the outbox, not in a log.
+being stored anywhere: not in the queue, not in the outbox, not in a log. So the key must
+never change once a job used it: it is made durably, before the daemon accepts anything.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import secrets
 import string
 from pathlib import Path
+
+from wodmail.durable import sync_folder
 
 ALPHABET = string.ascii_letters + string.digits
 LENGTH = 16
@@ -29,29 +32,15 @@ class PasswordMint:
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> PasswordMint:
-        """Load the host key, making it on first use.
-
-        The key appears whole or not at all (written to a temporary file, synced, then
-        linked into place), so a full disk or a crash never leaves a short key behind.
-        """
+        """Load the host key, making it on first use (`make_key`)."""
         path = state_dir / KEY_FILE
         try:
-            return cls(path.read_bytes())
+            key = path.read_bytes()
         except FileNotFoundError:
-            pass
-        temporary = state_dir / f"{KEY_FILE}.{os.getpid()}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            try:
-                os.write(fd, secrets.token_bytes(32))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
-                os.link(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        return cls(path.read_bytes())
+            key = make_key(state_dir)
+        if len(key) < 32:
+            raise ValueError(f"{path} holds {len(key)} bytes, not a key: it was not made by wodmail")
+        return cls(key)
 
     def password(self, job_id: int, name: str) -> str:
         """The password called `name` (e.g. 'student12') of job `job_id`."""
@@ -63,3 +52,42 @@ class PasswordMint:
             chars.extend(ALPHABET[b % len(ALPHABET)] for b in block if b < limit)
             counter += 1
         return "".join(chars[:LENGTH])
+
+
+def make_key(state_dir: Path) -> bytes:
+    """Make STATEDIR/password.key, whole and durable, unless another process made it first;
+    return the key in place.
+
+    The key is written to a temporary file and synced, linked into place, and the folder
+    synced, all before the key is used: a crash or a power cut at any point leaves either
+    no key (nothing was made with one) or this whole key, never a short or an unsynced one
+    that a later run would read differently. A temporary file that a crash leaves behind
+    is removed at the next start (`remove_temporaries`).
+    """
+    path = state_dir / KEY_FILE
+    temporary = state_dir / f"{KEY_FILE}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.write(fd, secrets.token_bytes(32))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            os.link(temporary, path)
+        sync_folder(state_dir)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path.read_bytes()
+
+
+def remove_temporaries(state_dir: Path) -> list[str]:
+    """Remove the temporary key files a crash left in STATEDIR; return their names.
+
+    Only while no other process can be making a key (under the daemon's lock).
+    """
+    removed = []
+    for stale in state_dir.glob(f"{KEY_FILE}.*.tmp"):
+        stale.unlink(missing_ok=True)
+        removed.append(stale.name)
+    return removed

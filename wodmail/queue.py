@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from wodmail.command import Command
+from wodmail.durable import make_folders, sync_folder
 from wodmail.errors import TryLater
 from wodmail.inbound import InboundMail
 
@@ -200,8 +201,12 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def open_database(state_dir: Path) -> Path:
-    """Make STATEDIR (0700) and the schema; return the database path."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    """Make STATEDIR (0700) and the schema; return the database path.
+
+    Every folder made and the database's name are synced before this returns (the commits
+    that follow sync the database's content, not the names that lead to it).
+    """
+    make_folders(state_dir)
     os.chmod(state_dir, 0o700)
     path = state_dir / "queue.sqlite3"
     conn = connect(path)
@@ -209,6 +214,7 @@ def open_database(state_dir: Path) -> Path:
         conn.executescript(SCHEMA)
     finally:
         conn.close()
+    sync_folder(state_dir)
     return path
 
 

@@ -1,4 +1,4 @@
-"""`wodmail send`: compose a signed command mail and submit it, so no admin writes one by hand.
+"""`wodmail send`: compose a command mail and submit it, so no admin writes one by hand.
 
     wodmail send CREATE 5 --customer c5 --workshop WKSHP-Ansible101 [--email a@example.com]
     wodmail send RESET 1,20 c7 --workshop WKSHP-Reset
@@ -7,10 +7,15 @@
 The Subject is the verb and its arguments (positional, or `--customer` / `--email` added
 after them); the body is the workshop. The mail is parsed back with the daemon's own
 parser before it is signed, so a mistake is reported here, and signed with the first of
-the location's SIGNINGKEYS (or `--key ID`) for this location's name. It is submitted over
-SMTP to SMTPHOST:SMTPPORT (STARTTLS when the door offers it), or printed (`--print`) for
-`wodmail deliver` or any other pipe. The key never appears on a command line: it is read
-from the location (env: / file:).
+the location's SIGNINGKEYS (or `--key ID`) for this location's name.
+
+Where it goes: to the daemon's admin socket (STATEDIR/admin.sock, wodmail.admin) when this
+user can open it (root, or wodmail's own user, on the daemon's host): no key is needed
+there, the daemon knows who is asking (a key is still used when the location has one).
+Otherwise over SMTP to SMTPHOST:SMTPPORT (STARTTLS when the door offers it), signed; or
+printed (`--print`, signed) for `wodmail deliver` or any other pipe. `--smtp` skips the
+admin socket. The key never appears on a command line: it is read from the location
+(env: / file:).
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ SUBMIT_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class ComposedMail:
-    """A signed command mail, ready to submit or print."""
+    """A command mail, signed or not, ready to submit or print."""
 
     command: Command
     message: EmailMessage
-    key_id: str
+    key_id: str | None
+    """The key it is signed with; None: not signed (only the admin socket takes it)."""
 
     def as_bytes(self, *, crlf: bool) -> bytes:
         """The mail's bytes: CRLF line endings for SMTP, LF for a pipe."""
@@ -81,8 +87,12 @@ def compose(
     sender: str | None = None,
     recipient: str = DEFAULT_RECIPIENT,
     key_id: str | None = None,
+    unsigned_ok: bool = False,
 ) -> ComposedMail:
-    """Build and sign the mail; `BadCommand` if it is not a command, `ConfigError` without a key."""
+    """Build and sign the mail; `BadCommand` if it is not a command, `ConfigError` without a key.
+
+    With `unsigned_ok` (for the admin socket), a location without SIGNINGKEYS gives an
+    unsigned mail instead of the error."""
     words = [verb, *arguments]
     if customer is not None:
         words.append(customer)
@@ -99,6 +109,8 @@ def compose(
     message["Message-ID"] = make_msgid(domain=socket.gethostname() or "localhost")
     message.set_content((workshop or "") + "\n")
     command = parse_command(message.as_bytes(policy=email.policy.default))
+    if unsigned_ok and key_id is None and not Signatures.from_location(location).keys:
+        return ComposedMail(command, message, None)
     key = signing_key(location, key_id)
     signature = sign(command, location.name, key)
     message[HEADER] = signature.header_value

@@ -15,7 +15,8 @@ Connection limits (location keys, `SmtpLimits.from_location`):
     SMTPPEERCONNECTIONS  connections open at once from one client address outside TRUSTEDPEERS
                          (20); the next gets 421 at once, so a stranger cannot hoard the door.
                          TRUSTEDPEERS (the registration app) are not capped: the app may open
-                         as many sessions as it needs
+                         as many sessions as it needs. A connection from this host counts as
+                         trusted only when root or LOCALPEERUSERS opened it (wodmail.peers)
 
 Lines are at most 1001 bytes (aiosmtpd: RFC 5321), messages at most 4 x MAXMESSAGESIZE
 bytes (aiosmtpd stops a flood with 552) and the intake refuses anything above
@@ -47,6 +48,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from wodmail.errors import ConfigError
 from wodmail.inbound import InboundMail, Intake
 from wodmail.location import Location
+from wodmail.peers import HostPeers, LocalClient
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ class SmtpLimits:
     peer_connections: int = 20
     uncapped: tuple[IPv4Network | IPv6Network, ...] = ()
     """Networks whose peers `peer_connections` does not apply to (TRUSTEDPEERS)."""
+    local_uids: frozenset[int] = frozenset({0})
+    """Users whose connections from this host are uncapped like their address (LOCALPEERUSERS)."""
 
     @classmethod
     def from_location(cls, location: Location) -> SmtpLimits:
@@ -76,10 +80,14 @@ class SmtpLimits:
             max_recipients=int(_number(location, "SMTPMAXRECIPIENTS", cls.max_recipients, integer=True)),
             peer_connections=int(_number(location, "SMTPPEERCONNECTIONS", cls.peer_connections, integer=True)),
             uncapped=tuple(location.trusted_peers),
+            local_uids=location.local_peer_uids,
         )
 
-    def capped(self, peer: str) -> bool:
-        """Whether connections from `peer` count against `peer_connections`."""
+    def capped(self, peer: str, local_client: LocalClient | None = None) -> bool:
+        """Whether connections from `peer` count against `peer_connections`: a local client
+        that is not one of `local_uids` always does (a student cannot hoard the door)."""
+        if local_client is not None and local_client.uid not in self.local_uids:
+            return True
         try:
             address: IPv4Address | IPv6Address = ip_address(peer)
         except ValueError:
@@ -237,6 +245,7 @@ class CommandHandler:
             "rcpt_tos": tuple(envelope.rcpt_tos),
         }
         mail: InboundMail
+        fields["local_client"] = getattr(server, "local_client", None)
         if session.authenticated and isinstance(session.auth_data, str):
             mail = AuthenticatedMail(**fields, login=session.auth_data)
         else:
@@ -255,8 +264,8 @@ class _PeerCounter:
         self.capped = limits.capped
         self.open: collections.Counter[str] = collections.Counter()
 
-    def admit(self, peer: str) -> bool:
-        if self.open[peer] >= self.limit and self.capped(peer):
+    def admit(self, peer: str, local_client: LocalClient | None) -> bool:
+        if self.open[peer] >= self.limit and self.capped(peer, local_client):
             return False
         self.open[peer] += 1
         return True
@@ -276,9 +285,20 @@ class _LimitedSMTP(SMTP):
     """aiosmtpd's SMTP with two caps it lacks (connections per peer, a whole session's time)
     and a quicker reading of plain MAIL FROM / RCPT TO paths."""
 
-    def __init__(self, handler: Any, *, peers: _PeerCounter, session_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        peers: _PeerCounter,
+        session_timeout: float,
+        host_peers: HostPeers | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._peers = peers
+        self._host_peers = host_peers or HostPeers()
+        self.local_client: LocalClient | None = None
+        """Who opened the connection, when the client is on this host (asked once, here)."""
         self._session_timeout = session_timeout
         self._admitted: str | None = None
         self._over_limit = False
@@ -291,7 +311,9 @@ class _LimitedSMTP(SMTP):
             return
         peername = transport.get_extra_info("peername")
         peer = str(peername[0]) if peername else "?"
-        if self._peers.admit(peer):
+        # Asked at once, while the client's socket is surely open: later it may be closed.
+        self.local_client = self._host_peers.client_of(transport.get_extra_info("sockname"), peername)
+        if self._peers.admit(peer, self.local_client):
             self._admitted = peer
             self._session_timer = self.loop.call_later(self._session_timeout, self._session_over)
         else:
@@ -342,9 +364,11 @@ async def start_smtp_server(
     hostname: str = "wodmail",
     limits: SmtpLimits | None = None,
     security: SmtpSecurity | None = None,
+    host_peers: HostPeers | None = None,
 ) -> asyncio.Server:
     """Listen on host:port; each connection gets its own aiosmtpd protocol instance."""
     loop = asyncio.get_running_loop()
+    host_peers = host_peers or HostPeers()
     limits = limits or SmtpLimits()
     security = security or SmtpSecurity()
     handler = CommandHandler(intake, limits.max_recipients)
@@ -359,6 +383,7 @@ async def start_smtp_server(
         return _LimitedSMTP(
             handler,
             peers=peers,
+            host_peers=host_peers,
             session_timeout=limits.session_timeout,
             # The intake refuses (and records) a mail over MAXMESSAGESIZE; aiosmtpd's own cap,
             # further out, only stops a flood before it is buffered whole.
