@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import pwd
 import resource
 import shutil
 import smtplib
@@ -184,6 +185,48 @@ def daemon_files(where: str, scratch: Path) -> Iterator[tuple[Path, str]]:
         unmount(mount)
 
 
+def known_account(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def host_accounts(count: int, homes: Path, wanted: str) -> Iterator[str]:
+    """Host accounts student1..student{count} (each with a group of its own), made for the run
+    and removed after it, so that wodmail works in each home as its student (privilege
+    separation on) and ends each student's processes from a child running as the student.
+    `wanted` "auto": when root and none of those accounts exists yet; "no": none."""
+    names = [f"student{n}" for n in range(1, count + 1)]
+    why_not = ""
+    if wanted == "no":
+        why_not = "not asked for"
+    elif os.geteuid() != 0 or shutil.which("useradd") is None:
+        why_not = "not root, or no useradd"
+    else:
+        taken = [name for name in names if known_account(name)]
+        if taken:
+            why_not = f"{taken[0]} exists already: the run touches no existing account"
+    if why_not:
+        yield f"no host accounts ({why_not}): homes are root's"
+        return
+    made: list[str] = []
+    try:
+        for name in names:
+            subprocess.run(
+                ["useradd", "-M", "-d", str(homes / name), "-s", "/usr/sbin/nologin", name],
+                check=True,
+                capture_output=True,
+            )
+            made.append(name)
+        yield f"{count} host accounts: work in homes as each student, processes ended as the student"
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
 def unmount(mount: Path) -> None:
     """Unmount, waiting up to 10 s for the last files to close; say who holds it if not."""
     for _ in range(50):
@@ -278,7 +321,7 @@ ANSIBLE_PLAYBOOK = """\
 def ansible_cpu_per_student(workshop: Path, students: int, out: Path) -> float:
     """CPU seconds per student of `ansible-playbook` templating the notebooks, one run each."""
     tasks = "\n".join(
-        f"    - ansible.builtin.template:\n        src: {nb}\n        dest: \"{out}/student{{{{ STDID }}}}/{nb.name}\""
+        f'    - ansible.builtin.template:\n        src: {nb}\n        dest: "{out}/student{{{{ STDID }}}}/{nb.name}"'
         for nb in sorted(workshop.glob("*.ipynb"))
     )
     playbook = out / "copy_folder.yml"
@@ -387,9 +430,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tempfile.TemporaryDirectory(dir=args.workdir) as tmp,
         RegistrationApp() as app,
         daemon_files(args.files, Path(tmp)) as (files, files_on),
+        host_accounts(args.count, files / "students", args.accounts) as accounts,
     ):
         root = Path(tmp)
         report["daemon_files_on"] = files_on
+        report["accounts"] = accounts
         workshop = write_workshop(root / "catalog")
         site = Site(root)
         site.state_dir, site.student_dir = files / "state", files / "students"
@@ -485,7 +530,7 @@ def table(report: dict[str, Any]) -> str:
     value_width = max(len(r[1]) for r in rows)
     head = f"wodmail benchmark: {report['count']} commands, {report['connections']} SMTP connections"
     head += ", LDAP on" if report["ldap"] else ", LDAP off"
-    head += f"; STATEDIR and homes on {report['daemon_files_on']}"
+    head += f"; STATEDIR and homes on {report['daemon_files_on']}; {report['accounts']}"
     return "\n".join([head] + [f"  {a:<{width}}  {b:<{value_width}}  {c}" for a, b, c in rows])
 
 
@@ -507,6 +552,13 @@ def main() -> int:
         metavar="auto|DIR",
         help="where the daemon's STATEDIR and homes go: a folder, or auto (default): a fresh journaled"
         " ext4 on a loop image when run as root, else the scratch folder. The table says which",
+    )
+    parser.add_argument(
+        "--accounts",
+        choices=("auto", "no"),
+        default="auto",
+        help="auto (default): make host accounts student1..student{count} for the run when root and"
+        " none exists (privilege separation on); no: homes stay root's",
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a location key for the run")
     parser.add_argument("--json", type=Path)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA, REPO, SAMPLES, Daemon, Site, legacy_dialogue, send_legacy
-from tests.standins import RegistrationApp
+from tests.standins import JupyterHubStandin, RegistrationApp
 
 HOSTILE = DATA / "hostile"
 
@@ -295,6 +295,43 @@ def test_a_hook_never_inherits_wodmails_secrets(
     assert app.wait_for(lambda a: a.logins >= 1)  # the daemon itself did have it
 
 
+def test_no_secret_key_of_the_location_reaches_a_hook(
+    catalog_site: Site,
+    tmp_path: Path,
+    app: RegistrationApp,
+    hub: JupyterHubStandin,
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    """Every key of SECRET_KEYS, given as env:NAME (as sites do): the hook's environment holds
+    none of their values, whatever the value's type (SIGNINGKEYS is a list of two)."""
+    from wodmail.location import SECRET_KEYS
+
+    site = catalog_site
+    values = {key: f"{key.lower()}-value-{'s' * 40}" for key in SECRET_KEYS}
+    names = {key: f"WODMAIL_TEST_{key}" for key in SECRET_KEYS}
+    env = {names[key]: value for key, value in values.items()}
+    env["WODMAIL_TEST_SIGNINGKEYS_NEXT"] = "next-signing-key-" + "n" * 40
+    site.values.update(
+        {key: f"env:{name}" for key, name in names.items()},
+        SIGNINGKEYS=[f"env:{names['SIGNINGKEYS']}", "env:WODMAIL_TEST_SIGNINGKEYS_NEXT"],
+        APIENDPOINT=app.url,
+        APIUSER=app.username,
+        JPHUBAPISRV=hub.url,
+    )
+    site.workshops["WKSHP-Hook"]["variables"]["ENVNAMES"] = ",".join(sorted(env))
+    app.password = values["APIPWD"]
+    hub.token = values["JPHUBTOKEN"]
+    daemon = daemon_factory(**env)
+    assert daemon.send("CREATE 133 c133", "WKSHP-Hook")[0] == 250
+    job = job_of(site, 133)
+    assert job[3] == "done", job
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert len(record["env"]) == len(env) == len(SECRET_KEYS) + 1
+    leaked = [name for name, seen in zip(sorted(env), record["env"], strict=True) if seen]
+    assert leaked == [], f"the hook's environment carried {leaked}"
+    assert app.wait_for(lambda a: a.logins >= 1)  # the daemon itself did have them
+
+
 def test_homes_are_owned_and_moded_as_the_location_says(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     site.values.update(HOMEOWNER="4242:4343", HOMEMODE="0700")
     daemon = daemon_factory()
@@ -359,5 +396,6 @@ async def test_homes_on_a_local_disk_are_worked_on_inline_and_on_a_network_one_i
     homes.threaded = True  # as a network filesystem would have it (none can be mounted here)
     assert await homes.run(where) == "done"
     await homes.reset(5)
+    await homes.keeper.aclose()
     assert (tmp_path / "students" / "student5").is_dir()
     assert seen[0] == threading.current_thread().name and seen[1] != seen[0]

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from wodmail.errors import StepFailed
+from wodmail.identity import Identity, acting_as
 from wodmail.resources import product_path
 from wodmail.workshop import (
     CompiledWorkshop,
@@ -316,8 +317,13 @@ def test_owner_is_given_every_file_and_folder(home: Path) -> None:
     assert os.geteuid() == 0, "changing owners needs root: run the suite as root (scripts/test)"
     compiled = Renderer().workshop(DATA / "WKSHP-BinaryAndCheckpoints")
     dest = home / compiled.name
-
-    compiled.render_into(dest, variables(), owner=(4242, 4343))
+    os.chown(home, 4242, 4343)
+    parent = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with acting_as(Identity(4242, 4343)):  # as wodmail.homes runs it in a student's home
+            compiled.render_at(parent, compiled.name, variables())
+    finally:
+        os.close(parent)
 
     for path in [dest, *dest.rglob("*")]:
         assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4343)

@@ -8,9 +8,10 @@ from wodmail.services import JobRun, Services
 name = "CLEANUP"
 argument_description = "<stdid> <customer-id>; body: the workshop"
 description = (
-    "Compute the completion percentage, run the cleanup hook, rotate the password, report the"
-    " percentage, stop the JupyterHub server; a reset workshop keeps the home for RESET, any other"
-    " has its home erased and its processes ended; finally mark the customer cleaned."
+    "Rotate the password (the student is locked out), stop the JupyterHub server and end every"
+    " process of the student; then compute the completion percentage, run the cleanup hook and"
+    " report the percentage; a reset workshop keeps the home for RESET, any other has its home"
+    " erased; finally mark the customer cleaned."
 )
 
 
@@ -22,17 +23,19 @@ async def run(job: JobRun, services: Services) -> str:
     password = job.password(command.student_name)
     variables = services.template_variables(command, workshop, stdid, password)
 
-    completion = await job.step("completion", services.completion, stdid, workshop)
-    await job.step("cleanup hook", services.run_hook, job, workshop, "cleanup", variables)
+    # Locked out first, then stopped: nothing of the student runs while the home is read.
     await job.step("rotate password", services.set_password, stdid, workshop, password)
+    if services.hub is not None:
+        await job.step("stop JupyterHub server", services.hub.stop, command.student_name)
+    await job.step("end processes", services.homes.end_processes, stdid)
+    completion = await job.step("completion", services.completion, stdid, workshop)
+    await job.step("cleanup hook", services.run_hook, job, workshop, "cleanup", variables, on_disk=True)
     await job.callbacks(
         "report completion",
         services,
         regapp.student_password(dbid, command.student_name),
         regapp.customer(command.customer, completionPercentage=str(completion)),
     )
-    if services.hub is not None:
-        await job.step("stop JupyterHub server", services.hub.stop, command.student_name)
     if workshop.reset:
         await job.callbacks(
             "keep student for reset",
@@ -42,7 +45,6 @@ async def run(job: JobRun, services: Services) -> str:
         )
     else:
         await job.callbacks("release student", services, regapp.student(dbid, assigned="false"))
-        await job.step("erase home", services.homes.reset, stdid)
-        await job.step("end processes", services.homes.end_processes, stdid)
+        await job.step("erase home", services.homes.reset, stdid, on_disk=True)
     await job.callbacks("report cleaned", services, regapp.customer(command.customer, cleaned="true"))
     return f"{command.student_name} cleaned up at {completion}% of {workshop.name}"

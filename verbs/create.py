@@ -8,8 +8,9 @@ from wodmail.services import JobRun, Services
 name = "CREATE"
 argument_description = "<stdid> <customer-id> [<customer-email>]; body: the workshop"
 description = (
-    "Set a new password, reset the home, deploy the workshop with the student's values, run its create"
-    " hook, report the password and activate the customer, start the student's JupyterHub server."
+    "Set a new password, end any process the student left, reset the home, deploy the workshop with"
+    " the student's values, run its create hook, report the password and activate the customer, start"
+    " the student's JupyterHub server."
 )
 
 
@@ -21,9 +22,10 @@ async def run(job: JobRun, services: Services) -> str:
     variables = services.template_variables(command, workshop, stdid, password)
 
     await job.step("set password", services.set_password, stdid, workshop, password)
-    await job.step("reset home", services.homes.reset, stdid)
-    files = await job.step("deploy workshop", services.deploy, stdid, workshop, variables)
-    await job.step("create hook", services.run_hook, job, workshop, "create", variables)
+    await job.step("end processes", services.homes.end_processes, stdid)
+    await job.step("reset home", services.homes.reset, stdid, on_disk=True)
+    files = await job.step("deploy workshop", services.deploy, stdid, workshop, variables, on_disk=True)
+    await job.step("create hook", services.run_hook, job, workshop, "create", variables, on_disk=True)
     await job.callbacks(
         "report to registration app",
         services,

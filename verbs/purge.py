@@ -8,8 +8,8 @@ from wodmail.services import JobRun, Services
 name = "PURGE"
 argument_description = "<stdid> <customer-id>; body: the workshop (optional)"
 description = (
-    "Stop the JupyterHub server, rotate the password, unassign the student and report the new"
-    " password, erase the home, end the processes."
+    "Stop the JupyterHub server, rotate the password, end every process of the student, unassign"
+    " the student and report the new password, erase the home."
 )
 
 
@@ -22,11 +22,11 @@ async def run(job: JobRun, services: Services) -> str:
     if services.hub is not None:
         await job.step("stop JupyterHub server", services.hub.stop, command.student_name)
     await job.step("rotate password", services.set_password, stdid, workshop, password)
+    await job.step("end processes", services.homes.end_processes, stdid)
     await job.callbacks(
         "release student",
         services,
         regapp.student_password(services.dbid(stdid), command.student_name, assigned="false"),
     )
-    await job.step("erase home", services.homes.reset, stdid)
-    await job.step("end processes", services.homes.end_processes, stdid)
+    await job.step("erase home", services.homes.reset, stdid, on_disk=True)
     return f"{command.student_name} purged"

@@ -9,9 +9,9 @@ from wodmail.services import JobRun, Services
 name = "RESET"
 argument_description = "<stdid>|<min>,<max> <customer-id>; body: the workshop (a reset workshop)"
 description = (
-    "For each student: rotate the password; then run the workshop's reset hook (required); then for"
-    " each student: unassign, erase the home, end the processes; a range also sets the workshop's"
-    " capacity back to the range's size."
+    "For each student: rotate the password, stop the JupyterHub server, end every process; then run"
+    " the workshop's reset hook (required); then for each student: unassign, erase the home; a range"
+    " also sets the workshop's capacity back to the range's size."
 )
 
 
@@ -27,15 +27,17 @@ async def run(job: JobRun, services: Services) -> str:
     for stdid in command.students:
         password = job.password(f"student{stdid}")
         await job.step(f"rotate password student{stdid}", services.set_password, stdid, workshop, password)
+        if services.hub is not None:
+            await job.step(f"stop JupyterHub server student{stdid}", services.hub.stop, f"student{stdid}")
+        await job.step(f"end processes student{stdid}", services.homes.end_processes, stdid)
 
     variables = services.template_variables(command, workshop, command.stdid, job.password(command.student_name))
     variables.update(STDIDMIN=command.stdid, STDIDMAX=command.last_stdid)
-    await job.step("reset hook", services.run_hook, job, workshop, "reset", variables)
+    await job.step("reset hook", services.run_hook, job, workshop, "reset", variables, on_disk=True)
 
     for stdid in command.students:
         await job.callbacks(f"release student{stdid}", services, regapp.student(services.dbid(stdid), assigned="false"))
-        await job.step(f"erase home student{stdid}", services.homes.reset, stdid)
-        await job.step(f"end processes student{stdid}", services.homes.end_processes, stdid)
+        await job.step(f"erase home student{stdid}", services.homes.reset, stdid, on_disk=True)
 
     if command.is_range:
         capacity = command.last_stdid - command.stdid + 1

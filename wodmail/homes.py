@@ -1,25 +1,55 @@
-"""Student homes on this host: STUDENTDIR/student{stdid}, reset to their skeleton.
+"""Student homes on this host: STUDENTDIR/student{stdid}, and the work done inside them.
 
-Nothing here follows a symlink out of STUDENTDIR: a home that is itself a symlink is
-refused, and entries inside a home are removed without following links.
+Every student has a shell on this host and owns their home: they can swap any name in it
+for a link, a FIFO or a deep tree while wodmail works, and run processes that race it. So
+the work is split by who controls the names:
+
+- **Root** acts only on names no student can change: STUDENTDIR itself (root's, not
+  writable by students: checked at start), the name student{N} in it, and the trash
+  folder beside the homes. Erasing a home is renaming it into the trash (root's, 0700: no
+  student reaches anything in it by name any more) and making a fresh home with its owner
+  and HOMEMODE; the keeper (wodmail.keeper) empties the trash in a process of its own.
+- **Inside a home**, every read, write, delete and chmod runs with the student's own
+  filesystem identity (wodmail.identity), through a descriptor of the home opened by root
+  without following links: the kernel keeps the work to what the student could do anyway.
+  The skeleton and the workshop are written that way, and the notebooks are read that way
+  for the completion (in a thread, with bounds on bytes and time).
+- **Processes**: a student's are all ended (wodmail.keeper) before a home is touched.
+
+HOMEOWNER says who owns a home: `student` (the default: the host account student{stdid},
+when there is one; otherwise the home is the daemon's), `none` (the daemon's user, no
+switch), or a fixed `UID:GID`. HOMEMODE is the home folder's mode (default 0750), whatever
+the skeleton's.
+
+Work in a fresh home (skeleton, deployment) runs on the caller's event loop when STUDENTDIR
+is on a local filesystem: nothing in it can block (every open is O_NONBLOCK and never
+follows a link, the student's processes are ended and a FUSE mount of theirs refuses a
+thread whose euid is root). On a network filesystem (NFS, CIFS, FUSE...), where one call
+may wait on the network, it runs in a thread so that the other jobs go on meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import logging
 import os
 import pwd
 import re
-import shutil
-import signal
+import secrets
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from wodmail import faults
+from wodmail.erase import DIR_FLAGS
 from wodmail.errors import ConfigError, StepFailed
+from wodmail.identity import Identity, acting_as, as_daemon, can_switch
+from wodmail.keeper import TRASH, Keeper
 from wodmail.location import Location
 
 log = logging.getLogger(__name__)
@@ -31,27 +61,28 @@ NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs", "afs", "davfs", "sshfs"}
 )
 
+#: Filesystems that keep nothing through a power cut.
+VOLATILE_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+
 #: Seconds a host account's uid and gid (or its absence) are taken as known.
 ACCOUNT_TTL = 5.0
+#: Seconds a student's processes get between SIGTERM and SIGKILL.
+END_GRACE = 2.0
+#: Seconds reading a home (the completion) may take before the step fails.
+READ_BOUND = 60.0
 
 _FIXED_OWNER = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
 _MODE = re.compile(r"0?[0-7]{3}")
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class HomeMissing(StepFailed):
+    """student{N}'s home does not exist."""
 
 
 class Homes:
-    """The homes of one location.
-
-    HOMEOWNER says who owns a home and what is deployed in it: `student` (the default: the
-    host account student{stdid}, when there is one; nothing is chowned otherwise), `none`,
-    or a fixed `UID:GID`. HOMEMODE is the home folder's mode (default 0750, written as an
-    octal string such as "0750").
-
-    Work on homes (`run`) happens on the caller's event loop when STUDENTDIR is on a local
-    filesystem: there a file is made in tens of microseconds, less than handing the work
-    to a thread and back costs, and a thread would only fight the event loop for the GIL at
-    every system call. On a network filesystem (NFS, CIFS, FUSE...), where one call may
-    wait on the network, it runs in a thread so that the other jobs go on meanwhile.
-    """
+    """The homes of one location (see the module's docstring)."""
 
     def __init__(
         self,
@@ -61,13 +92,17 @@ class Homes:
         owner: str = "student",
         mode: int = 0o750,
     ) -> None:
-        self.student_dir = student_dir
+        self.student_dir = Path(os.path.abspath(student_dir))
         self.skel_dir = skel_dir
         self._owner = owner
         self.mode = mode
-        self._accounts: dict[int, tuple[float, tuple[int, int] | None]] = {}
-        self.filesystem = filesystem_of(student_dir)
+        self._accounts: dict[int, tuple[float, Identity | None]] = {}
+        self.filesystem = filesystem_of(self.student_dir)
         self.threaded = self.filesystem in NETWORK_FILESYSTEMS or self.filesystem.startswith("fuse")
+        self.trash = self.student_dir / TRASH
+        self.keeper = Keeper(self.trash)
+        self._flush: asyncio.Future[None] | None = None
+        self._flush_next: asyncio.Future[None] | None = None
 
     async def run(self, work: Callable[..., T], *args: object) -> T:
         """`work(*args)`, inline or in a thread as the filesystem of the homes asks (above)."""
@@ -88,23 +123,36 @@ class Homes:
     def describe(self) -> str:
         """Where the homes are, and how work on them runs (for the start's log)."""
         how = "in a thread (a network filesystem)" if self.threaded else "on the event loop"
-        return f"homes in {self.student_dir}, on {self.filesystem or '?'}: work on them runs {how}"
+        who = "as each home's owner" if can_switch() and self._owner != "none" else f"as uid {os.geteuid()}"
+        return f"homes in {self.student_dir}, on {self.filesystem or '?'}: work on them runs {how}, {who}"
 
-    def owner(self, stdid: int) -> tuple[int, int] | None:
-        """Who owns student{stdid}'s home and files, or None to leave them as made."""
+    def not_durable(self) -> str:
+        """Why what is written to the homes cannot survive a power cut ("" when it can)."""
+        if self.filesystem in VOLATILE_FILESYSTEMS:
+            return f"the homes are on {self.filesystem}: nothing written in them survives a power cut"
+        options = mount_options_of(self.student_dir)
+        unsafe = sorted(options & {"nobarrier", "barrier=0", "data=writeback"})
+        if unsafe:
+            return f"the homes' filesystem is mounted {','.join(unsafe)}: a flush does not make it durable"
+        return ""
+
+    # ------------------------------------------------------------------- who
+
+    def identity(self, stdid: int) -> Identity | None:
+        """Who owns student{stdid}'s home and files, or None: the daemon itself."""
         if self._owner == "none":
             return None
         if self._owner == "student":
             return self._account(int(stdid))
         uid, gid = self._owner.split(":")
-        return int(uid), int(gid)
+        return Identity(int(uid), int(gid))
 
-    def _account(self, stdid: int) -> tuple[int, int] | None:
+    def _account(self, stdid: int) -> Identity | None:
         """The uid and gid of the host account student{stdid}, if there is one.
 
         Asked of the system (NSS: files, systemd, sssd...) at most once per ACCOUNT_TTL
         seconds per student: one lookup walks a dozen userdb folders (110 us here), and a
-        job asks twice (its home, its files) within milliseconds.
+        job asks several times within milliseconds.
         """
         now = time.monotonic()
         known = self._accounts.get(stdid)
@@ -112,108 +160,277 @@ class Homes:
             return known[1]
         try:
             entry = pwd.getpwnam(f"student{stdid}")
-            account: tuple[int, int] | None = (entry.pw_uid, entry.pw_gid)
+            account: Identity | None = Identity(entry.pw_uid, entry.pw_gid)
         except KeyError:
             account = None
+        if account is not None and account.uid in (0, os.geteuid()):
+            raise StepFailed(f"the host account student{stdid} has uid {account.uid}: refusing to act as it")
         if len(self._accounts) >= 10_000:
             self._accounts.clear()
         self._accounts[stdid] = (now + ACCOUNT_TTL, account)
         return account
 
-    def home(self, stdid: int) -> Path:
-        """student{stdid}'s home; refused when it is a symlink (it could point anywhere)."""
-        path = self.student_dir / f"student{int(stdid)}"
-        if path.is_symlink():
-            raise StepFailed(f"{path} is a symlink: refusing to touch a home that points elsewhere")
-        return path
+    # ------------------------------------------------------------------- root's part
 
-    async def reset(self, stdid: int) -> None:
-        """Empty student{stdid}'s home and put its skeleton back (CREATE, CLEANUP, RESET, PURGE)."""
-        await self.run(self.reset_now, stdid)
+    def check(self) -> None:
+        """Make STUDENTDIR if it is missing; refuse one a student could change names in.
 
-    def reset_now(self, stdid: int) -> None:
-        """`reset`, done by the calling thread."""
-        self.student_dir.mkdir(parents=True, exist_ok=True)
-        home = self.home(stdid)
-        home.mkdir(mode=self.mode, exist_ok=True)
-        os.chmod(home, self.mode, follow_symlinks=False)
-        owner = self.owner(stdid)
-        if owner is not None:
-            os.chown(home, *owner, follow_symlinks=False)
-        for entry in os.scandir(home):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-        if self.skel_dir is not None and self.skel_dir.is_dir():
-            shutil.copytree(self.skel_dir, home, symlinks=True, dirs_exist_ok=True)
-            if owner is not None:
-                for root, folders, files in os.walk(home):
-                    for name in folders + files:
-                        os.chown(os.path.join(root, name), *owner, follow_symlinks=False)
+        Root acts on the names in STUDENTDIR (renames a home aside, makes a new one): that
+        is safe only if no student may create, rename or remove names there or above.
+        """
+        self.student_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        me = os.geteuid()
+        path = self.student_dir
+        while True:
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                path = Path(os.path.realpath(path))
+                continue
+            sticky = bool(st.st_mode & stat.S_ISVTX)
+            if st.st_uid not in (0, me) or (st.st_mode & 0o022 and not (sticky and path != self.student_dir)):
+                raise ConfigError(
+                    path,
+                    "STUDENTDIR",
+                    f"{path} must belong to root (or uid {me}) and be writable by no one else,"
+                    " so that no student can change the names of the homes",
+                )
+            if path.parent == path:
+                return
+            path = path.parent
 
-    async def end_processes(self, stdid: int, grace: float = 2.0) -> int:
-        """Stop every process of the host account student{stdid}, if there is one; return how many."""
+    def _open_student_dir(self) -> int:
+        self.student_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return os.open(self.student_dir, DIR_FLAGS)
+
+    def open_home(self, stdid: int) -> int:
+        """A descriptor of student{stdid}'s home, opened by root without following a link."""
+        folder = self._open_student_dir()
+        try:
+            return os.open(f"student{int(stdid)}", DIR_FLAGS, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise HomeMissing(f"{self.student_dir}/student{stdid} does not exist") from None
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise StepFailed(f"{self.student_dir}/student{stdid} is not a folder") from None
+            raise
+        finally:
+            os.close(folder)
+
+    def _replace_home(self, stdid: int, identity: Identity | None) -> int:
+        """Set student{stdid}'s home aside (into the trash) and make a fresh one; its fd."""
+        name = f"student{int(stdid)}"
+        folder = self._open_student_dir()
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+                    raise StepFailed(
+                        f"{self.student_dir}/{name} is a symlink: refusing to touch a home that points elsewhere"
+                    )
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(TRASH, 0o700, dir_fd=folder)
+            trash = os.open(TRASH, DIR_FLAGS, dir_fd=folder)
+            try:
+                if os.fstat(trash).st_uid != os.geteuid():
+                    raise StepFailed(f"{self.trash} does not belong to uid {os.geteuid()}")
+                aside = f"{name}.{time.time_ns()}.{secrets.token_hex(4)}"
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(name, aside, src_dir_fd=folder, dst_dir_fd=trash)
+            finally:
+                os.close(trash)
+            os.mkdir(name, 0o700, dir_fd=folder)
+            home = os.open(name, DIR_FLAGS, dir_fd=folder)
+            try:
+                if identity is not None and can_switch():
+                    os.fchown(home, identity.uid, identity.gid)
+                os.fchmod(home, self.mode)
+            except BaseException:
+                os.close(home)
+                raise
+            return home
+        finally:
+            os.close(folder)
+
+    # ------------------------------------------------------------------- the steps
+
+    async def end_processes(self, stdid: int, grace: float = END_GRACE) -> str:
+        """End every process of the host account student{stdid}, if there is one."""
         account = self._account(int(stdid))
         if account is None:
-            return 0
-        pids = processes_of(account[0])
-        for pid in pids:
-            signal_quietly(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            pids = [pid for pid in pids if alive(pid)]
-        for pid in pids:
-            signal_quietly(pid, signal.SIGKILL)
-        return len(pids)
+            return "no host account"
+        if not can_switch():
+            return f"not root: the processes of student{stdid} are left running"
+        try:
+            ended = await self.keeper.end_processes(account.uid, account.gid, grace)
+        except OSError as exc:
+            raise StepFailed(f"cannot end the processes of student{stdid}: {exc.strerror or exc}") from None
+        return "processes ended" if ended else "no process was running"
+
+    async def reset(self, stdid: int) -> None:
+        """Erase student{stdid}'s home and put its skeleton back (CREATE, CLEANUP, RESET, PURGE).
+
+        End the student's processes first: nothing here is safe against them otherwise.
+        """
+        identity = self.identity(stdid)
+        home = self._replace_home(stdid, identity)
+        try:
+            if self.skel_dir is not None and self.skel_dir.is_dir():
+                await self.run(self._as_owner, identity, copy_skeleton, home, self.skel_dir)
+        finally:
+            os.close(home)
+        try:
+            await self.keeper.empty_trash()
+        except OSError as exc:  # the next start empties it
+            log.warning("cannot wake the keeper to empty %s: %s", self.trash, exc)
+
+    async def work_in_home(self, stdid: int, work: Callable[..., T], *args: object) -> T:
+        """`work(home_fd, *args)` as the home's owner, inline or in a thread (see `run`)."""
+        home = self.open_home(stdid)
+        try:
+            return await self.run(self._as_owner, self.identity(stdid), work, home, *args)
+        finally:
+            os.close(home)
+
+    async def read_home(self, stdid: int, work: Callable[..., T], *args: object) -> T:
+        """`work(home_fd, *args)` as the home's owner, always in a thread, within READ_BOUND."""
+        home = self.open_home(stdid)
+        thread = asyncio.to_thread(self._as_owner, self.identity(stdid), work, home, *args)
+        try:
+            return await asyncio.wait_for(thread, READ_BOUND)
+        except TimeoutError:
+            raise StepFailed(f"reading student{stdid}'s home took more than {READ_BOUND:.0f} s") from None
+        finally:
+            os.close(home)
+
+    @staticmethod
+    def _as_owner(identity: Identity | None, work: Callable[..., T], *args: object) -> T:
+        with acting_as(identity):
+            return work(*args)
+
+    async def durable(self) -> None:
+        """Wait until what was written to the homes' filesystem so far is on stable storage.
+
+        One syncfs(2) serves every job waiting at the time (as the queue's group commit
+        shares one fdatasync); a job arriving while one runs waits for the next.
+        """
+        if faults.SKIP_HOME_FLUSH:
+            return
+        wanted = self._flush_next
+        if wanted is None:
+            wanted = self._flush_next = asyncio.get_running_loop().create_future()
+            if self._flush is None:
+                self._start_flush()
+        await asyncio.shield(wanted)
+
+    def _start_flush(self) -> None:
+        self._flush, self._flush_next = self._flush_next, None
+        task = asyncio.ensure_future(asyncio.to_thread(self._syncfs))
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Future[None]) -> None:
+        done, self._flush = self._flush, None
+        if done is not None and not done.done():
+            error = task.exception()
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+        if self._flush_next is not None:
+            self._start_flush()
+
+    def _syncfs(self) -> None:
+        folder = self._open_student_dir()
+        try:
+            if _libc.syncfs(folder) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, f"syncfs of {self.student_dir} failed: {os.strerror(code)}")
+        finally:
+            os.close(folder)
 
 
-def processes_of(uid: int) -> list[int]:
-    pids: list[int] = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid:
-                    pids.append(int(entry.name))
-            except FileNotFoundError:
-                continue
-    return pids
+def copy_skeleton(home: int, skeleton: Path) -> int:
+    """Copy the skeleton folder's contents into the open, empty folder `home`; count them.
+
+    Runs as the home's owner: the skeleton is read as the daemon (students need not be
+    able to read it), every file and folder is created new (O_EXCL, never through a link),
+    links are copied as links, modes as the skeleton has them (the home's own mode is
+    HOMEMODE, set by root). Iterative: a deep skeleton needs no recursion.
+    """
+    count = 0
+    pending: list[tuple[Path, int]] = [(skeleton, os.dup(home))]
+    while pending:
+        source, target = pending.pop()
+        try:
+            with as_daemon():
+                entries = sorted(os.scandir(source), key=lambda e: e.name)
+            for entry in entries:
+                with as_daemon():
+                    st = entry.stat(follow_symlinks=False)
+                    link = os.readlink(entry.path) if stat.S_ISLNK(st.st_mode) else None
+                if link is not None:
+                    os.symlink(link, entry.name, dir_fd=target)
+                elif stat.S_ISDIR(st.st_mode):
+                    os.mkdir(entry.name, 0o700, dir_fd=target)
+                    inner = os.open(entry.name, DIR_FLAGS, dir_fd=target)
+                    os.fchmod(inner, stat.S_IMODE(st.st_mode))
+                    pending.append((Path(entry.path), inner))
+                elif stat.S_ISREG(st.st_mode):
+                    _copy_file(entry.path, target, entry.name, stat.S_IMODE(st.st_mode))
+                else:
+                    continue  # a FIFO or device in /etc/skel is not copied into homes
+                count += 1
+        finally:
+            os.close(target)
+    return count
 
 
-def alive(pid: int) -> bool:
+def _copy_file(source: str, folder: int, name: str, mode: int) -> None:
+    with as_daemon():
+        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        dst = os.open(name, _NEW_FILE, 0o600, dir_fd=folder)
+        try:
+            while chunk := os.read(src, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(dst, view) :]
+            os.fchmod(dst, mode & 0o777)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
 
 
-def signal_quietly(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
+def mount_options_of(path: Path, mountinfo: str | None = None) -> set[str]:
+    """The mount and superblock options of the filesystem `path` is on (empty if unknown)."""
+    return set(_mount_of(path, mountinfo)[1])
 
 
 def filesystem_of(path: Path, mountinfo: str | None = None) -> str:
     """The type of the filesystem `path` is on (or would be, if it does not exist yet), from
     /proc/self/mountinfo (or the `mountinfo` text given); "" when it cannot be told."""
+    return _mount_of(path, mountinfo)[0]
+
+
+def _mount_of(path: Path, mountinfo: str | None = None) -> tuple[str, list[str]]:
+    """(type, options) of the deepest mount holding `path`, from mountinfo(5)."""
     path, tail = Path(os.path.abspath(path)), ""
     while not path.exists() and path != path.parent:  # a folder to come is on its parent's
         path, tail = path.parent, os.path.join(path.name, tail)
     real = os.path.join(os.path.realpath(path), tail).rstrip("/") or "/"
-    best, kind = "", ""
+    best, found = "", ("", list[str]())
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
         except OSError:
-            return ""
+            return found
     for line in mountinfo.splitlines():
         fields, _, rest = line.partition(" - ")
-        parts = fields.split()
-        if len(parts) < 5 or not rest:
+        parts, tail_fields = fields.split(), rest.split()
+        if len(parts) < 6 or not tail_fields:
             continue
         mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[4])
         inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
         if inside and len(mount_point) >= len(best):
-            best, kind = mount_point, rest.split()[0]
-    return kind
+            options = parts[5].split(",") + (tail_fields[2].split(",") if len(tail_fields) > 2 else [])
+            best, found = mount_point, (tail_fields[0], options)
+    return found

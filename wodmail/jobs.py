@@ -23,8 +23,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 
 from wodmail import faults, queue
 from wodmail.location import Location
@@ -75,6 +77,7 @@ async def run_jobs(location: Location, wake_fd: int) -> None:
     client = LeanClient(transport)
     try:
         services, app = build_services(location, client, directory)
+        clear_hook_runs(services.playbooks.run_dir)
         outbox = None
         if app is not None:
             outbox = Outbox(db_path, writer, app, mint, backoff_cap=seconds(location, "CALLBACKBACKOFFMAX", 300))
@@ -115,6 +118,10 @@ async def run_jobs(location: Location, wake_fd: int) -> None:
         if outbox is not None:
             tasks.append(asyncio.create_task(outbox.run(), name="outbox"))
         log.info("jobs process ready (%d workers); %s", location.workers, services.homes.describe())
+        if why := services.homes.not_durable():
+            log.warning("steps are recorded after a flush, but %s", why)
+        if services.homes.trash.exists():  # homes a crash left set aside: the keeper erases them
+            await services.homes.keeper.empty_trash()
         try:
             await stop.wait()
         finally:
@@ -132,10 +139,29 @@ async def run_jobs(location: Location, wake_fd: int) -> None:
                 outbox.close()
             if directory is not None:
                 await directory.aclose()
+            await services.homes.keeper.aclose()
             writer.close()
             log.info("jobs process stopped")
     finally:
         await client.aclose()
+
+
+def clear_hook_runs(run_dir: Path) -> None:
+    """Empty the hooks' run folder of what an earlier jobs process left there when it died: a
+    hook's variables file (it holds the student's password) and Ansible's temporary folders.
+    No hook runs yet: the jobs they served run again, and write their own."""
+    try:
+        entries = list(os.scandir(run_dir))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+    if entries:
+        log.warning("removed what hooks of an earlier run left in %s: %d entries", run_dir, len(entries))
 
 
 class JobsProcess:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from wodmail import faults, queue
 from wodmail.command import Command
 from wodmail.errors import StepFailed, WodmailError
 from wodmail.faults import crash_point
-from wodmail.homes import Homes
+from wodmail.homes import HomeMissing, Homes
 from wodmail.hub import Hub
 from wodmail.location import Location, Workshop
 from wodmail.passwords import PasswordMint
@@ -71,19 +72,22 @@ class Services:
         return template_variables(self.location, workshop, stdid, password, customer=command.customer)
 
     async def deploy(self, stdid: int, workshop: Workshop, variables: dict[str, Any]) -> int:
-        """Render `workshop` into student{stdid}'s home; returns the number of files written."""
+        """Render `workshop` into student{stdid}'s home, as the student; the number of files written."""
         compiled = self.renderer.workshop(workshop.content)
-        home = self.homes.home(stdid)
-        owner = self.homes.owner(stdid)
-        return await self.homes.run(partial(compiled.render_into, owner=owner), home / workshop.content_name, variables)
+        where = f"{self.homes.student_dir}/student{stdid}/{workshop.content_name}"
+        return await self.homes.work_in_home(
+            stdid, partial(compiled.render_at, where=where), workshop.content_name, variables
+        )
 
     async def completion(self, stdid: int, workshop: Workshop) -> int:
-        """How far student{stdid} went in `workshop`'s notebooks, in percent."""
-        from wodmail.workshop import completion_percentage
+        """How far student{stdid} went in `workshop`'s notebooks, in percent (read as the student)."""
+        from wodmail.workshop import completion_at
 
         compiled = self.renderer.workshop(workshop.content)
-        home = self.homes.home(stdid)
-        return await self.homes.run(completion_percentage, home / workshop.content_name, compiled.notebooks)
+        try:
+            return await self.homes.read_home(stdid, completion_at, workshop.content_name, compiled.notebooks)
+        except HomeMissing:
+            return 0
 
     async def set_password(self, stdid: int, workshop: Workshop | None, password: str) -> str:
         """Replace student{stdid}'s password where this location keeps it."""
@@ -119,6 +123,13 @@ class JobRun:
 
     A step that finished in an earlier run of the same job (before a crash, or before a
     transient failure) is not done again: `step` returns the result it recorded then.
+
+    A step is recorded only once its effects are durable. A step `on_disk` (it wrote to the
+    homes) is held back, and so is every step after it, until the next barrier: before the
+    job's callbacks are queued (the app is never told of a workshop a power cut can take
+    back) and at the job's end. A barrier waits for the homes' filesystem to be flushed
+    (`flush_disk`, one syncfs shared by every job waiting then), then records the held steps
+    in order. A crash before it only means doing those steps again: each converges.
     """
 
     def __init__(
@@ -128,6 +139,7 @@ class JobRun:
         writer: queue.Writer,
         mint: PasswordMint,
         on_callbacks: Callable[[], None] | None = None,
+        flush_disk: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.job = job
         self.command = job.command
@@ -135,7 +147,10 @@ class JobRun:
         self._writer = writer
         self._mint = mint
         self._on_callbacks = on_callbacks
+        self._flush_disk = flush_disk
         self._unflushed: list[asyncio.Future[None]] = []
+        self._held: list[Callable[[sqlite3.Connection], None]] = []
+        self._disk_written = False
 
     @property
     def id(self) -> int:
@@ -145,8 +160,8 @@ class JobRun:
         """The job's password called `name`; the same in every run of this job."""
         return self._mint.password(self.job.id, name)
 
-    async def step(self, name: str, action: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """Run `await action(*args)` once for this job."""
+    async def step(self, name: str, action: Callable[..., Awaitable[Any]], *args: Any, on_disk: bool = False) -> Any:
+        """Run `await action(*args)` once for this job; `on_disk`: it writes to the homes."""
         if name in self._done:
             return self._done[name]
         started = time.time()
@@ -162,20 +177,39 @@ class JobRun:
             )
             raise
         await crash_point(self.command, name, "done")
-        # Not awaited: every step converges when run again, so losing this record in a crash
-        # only means doing the step once more. The writer commits in order, so the record is
-        # durable no later than the next awaited write (callbacks, the job's end).
-        record = self._writer.submit(queue.step_done(self.job.id, self.command.stdid, name, started, result))
-        record.add_done_callback(_seen)  # a job that fails later never flushes: no "never retrieved"
-        self._unflushed.append(record)
         self._done[name] = result
+        write = queue.step_done(self.job.id, self.command.stdid, name, started, result)
+        if on_disk or self._held:
+            self._disk_written = self._disk_written or on_disk
+            self._held.append(write)
+        else:
+            self._submit(write)
         if faults.POINTS:
             await self.flush()
             await crash_point(self.command, name, "recorded")
         return result
 
+    def _submit(self, write: Callable[[sqlite3.Connection], None]) -> None:
+        # Not awaited: every step converges when run again, so losing this record in a crash
+        # only means doing the step once more. The writer commits in order, so the record is
+        # durable no later than the next awaited write (callbacks, the job's end).
+        record = self._writer.submit(write)
+        record.add_done_callback(_seen)  # a job that fails later never flushes: no "never retrieved"
+        self._unflushed.append(record)
+
+    async def barrier(self) -> None:
+        """Flush the homes if a held step wrote to them, then record the held steps."""
+        if not self._held:
+            return
+        if self._disk_written and self._flush_disk is not None:
+            await self._flush_disk()
+        held, self._held, self._disk_written = self._held, [], False
+        for write in held:
+            self._submit(write)
+
     async def flush(self) -> None:
         """Wait until every step record made so far is committed (and raise if one failed)."""
+        await self.barrier()
         pending, self._unflushed = self._unflushed, []
         for future in pending:
             await future
@@ -192,6 +226,7 @@ class JobRun:
             self._on_callbacks()
 
     async def _record(self, name: str, result: str, callbacks: tuple[Callback, ...]) -> None:
+        await self.barrier()
         started = time.time()
         await crash_point(self.command, name, "start")
         await self._writer.run(queue.step_done(self.job.id, self.command.stdid, name, started, result, callbacks))

@@ -36,11 +36,11 @@ def jobs_nice(location: Location) -> int:
 
 
 def secret_values(location: Location) -> list[str]:
-    """The values of the location's secret keys (SIGNINGKEYS is a list)."""
+    """The values of the location's secret keys (SIGNINGKEYS holds several, in a list or tuple)."""
     found: list[str] = []
     for key in SECRET_KEYS:
         value = location.values.get(key)
-        items = value if isinstance(value, list) else [value]
+        items = value if isinstance(value, list | tuple | set | frozenset) else [value]
         found += [str(item) for item in items if item]
     return found
 
@@ -77,4 +77,5 @@ async def check_settings(location: Location) -> None:
 
         await LdapDirectory.from_location(location).aclose()
     async with httpx.AsyncClient() as client:
-        build_services(location, client)
+        services, _ = build_services(location, client)
+    services.homes.check()

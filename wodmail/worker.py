@@ -212,7 +212,7 @@ class Worker:
         command = job.command
         label = f"{command.verb} {command.student_name}" + (f" {command.workshop}" if command.workshop else "")
         done = await self._writer.run(queue.claim(job.id))
-        run = JobRun(job, done, self._writer, self._mint, self._on_callbacks)
+        run = JobRun(job, done, self._writer, self._mint, self._on_callbacks, self._services.homes.durable)
         started = time.monotonic()
         try:
             verb = self._verbs[command.verb]

@@ -38,7 +38,6 @@ import marshal
 import os
 import re
 import secrets
-import shutil
 import stat
 import threading
 import time
@@ -55,7 +54,9 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
+from wodmail.erase import remove_entry
 from wodmail.errors import StepFailed
+from wodmail.identity import as_daemon
 
 __all__ = [
     "EXCLUDED",
@@ -63,6 +64,7 @@ __all__ = [
     "CodeCache",
     "CompiledWorkshop",
     "Renderer",
+    "completion_at",
     "completion_percentage",
     "content_name",
 ]
@@ -80,13 +82,15 @@ EXCLUDED = ("*-checkpoint.ipynb", ".ipynb_checkpoints", "wod.yml")
 DEFAULT_INVENTORY_HOSTNAME = "localhost"
 
 #: A deployed notebook larger than this is not read for the completion percentage.
-MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024
+MAX_NOTEBOOK_BYTES = 16 * 1024 * 1024
+#: The most read from one student's notebooks for one completion (memory stays bounded).
+MAX_COMPLETION_BYTES = 64 * 1024 * 1024
 
 #: Prefix of the hidden working folders `render_into` leaves beside `dest` while it works.
 _WORK_MARK = ".wodmail-"
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: What json.dumps(ensure_ascii=False) escapes in a string: quote, backslash, controls.
 _JSON_SPECIAL = re.compile(r'[\x00-\x1f"\\]')
 _CODE_CELL_RE = re.compile(r'"cell_type"\s*:\s*"code"')
@@ -516,41 +520,51 @@ class CompiledWorkshop:
             )
         return ""
 
-    def render_into(
-        self,
-        dest: Path,
-        variables: Mapping[str, object],
-        *,
-        owner: tuple[int, int] | None = None,
-    ) -> int:
-        """Make `dest` hold exactly this workshop, rendered for `variables`.
+    def render_into(self, dest: Path, variables: Mapping[str, object]) -> int:
+        """Make the folder `dest` hold exactly this workshop, rendered for `variables`.
 
-        Renders every templated file first (a template error changes nothing on disk),
-        then builds the new folder as a hidden sibling of `dest` and swaps it in with
-        renames: `dest` is at every moment either the old content, absent for an instant,
-        or the complete new content, never a half-written file. Running it again
-        converges; leftovers of an interrupted run are removed. Every write goes through
-        a folder descriptor opened without following symlinks, so nothing is written
-        outside `dest`; `dest` or its parent being a symlink is refused. With `owner`
-        (uid, gid), every file and folder created is given to that owner.
-
-        Returns the number of files written.
+        `render_at` on `dest`'s parent folder (opened without following a link: `dest`
+        or its parent being a symlink is refused). Returns the number of files written.
         """
-        rendered = self.render(variables)
         dest = Path(os.path.abspath(dest))
         parent, leaf = dest.parent, dest.name
         if not leaf or leaf in (".", ".."):
             raise StepFailed(f"{self.name}: cannot deploy into {dest}")
         parent_fd = _open_parent(parent, self.name)
         try:
-            _refuse_symlink(parent_fd, leaf, dest, self.name)
+            return self.render_at(parent_fd, leaf, variables, where=str(dest))
+        finally:
+            os.close(parent_fd)
+
+    def render_at(self, parent_fd: int, leaf: str, variables: Mapping[str, object], *, where: str = "") -> int:
+        """Make `leaf` in the open folder `parent_fd` hold exactly this workshop.
+
+        Renders every templated file first (a template error changes nothing on disk),
+        then builds the new folder as a hidden sibling of `leaf` and swaps it in with
+        renames: `leaf` is at every moment either the old content, absent for an instant,
+        or the complete new content, never a half-written file. Running it again
+        converges; leftovers of an interrupted run are removed. Every write goes through
+        a folder descriptor, never following a link and never blocking (O_NONBLOCK), so
+        nothing is written outside `parent_fd`; a `leaf` that is a symlink is refused.
+        Files and folders belong to whoever runs it: in a student's home, the student
+        (wodmail.homes runs it with the student's identity; the catalog's files are read
+        as the daemon).
+
+        Returns the number of files written.
+        """
+        rendered = self.render(variables)
+        where = where or leaf
+        if not leaf or leaf in (".", "..") or "/" in leaf:
+            raise StepFailed(f"{self.name}: cannot deploy into {where}")
+        try:
+            _refuse_symlink(parent_fd, leaf, where, self.name)
             _remove_leftovers(parent_fd, leaf)
             work = f".{leaf}{_WORK_MARK}new-{secrets.token_hex(4)}"
             try:
                 os.mkdir(work, 0o700, dir_fd=parent_fd)
                 work_fd = os.open(work, _DIR_FLAGS, dir_fd=parent_fd)
                 try:
-                    written = self._fill(work_fd, self._tree, rendered, owner)
+                    written = self._fill(work_fd, self._tree, rendered)
                 finally:
                     os.close(work_fd)
                 _swap_in(parent_fd, work, leaf)
@@ -558,9 +572,7 @@ class CompiledWorkshop:
                 _remove_quietly(parent_fd, work)
                 raise
         except OSError as exc:
-            raise StepFailed(f"{self.name}: cannot deploy into {dest}: {exc.strerror or type(exc).__name__}") from None
-        finally:
-            os.close(parent_fd)
+            raise StepFailed(f"{self.name}: cannot deploy into {where}: {exc.strerror or type(exc).__name__}") from None
         return written
 
     def _fill(
@@ -568,24 +580,23 @@ class CompiledWorkshop:
         folder_fd: int,
         folder: _Folder,
         rendered: Mapping[Path, bytes],
-        owner: tuple[int, int] | None,
     ) -> int:
         """Write `folder`'s files and sub-folders into the open folder `folder_fd`."""
         written = 0
         for file in folder.templated:
-            _write_new_file(folder_fd, file.name, rendered[file.relative], file.mode, owner)
+            _write_new_file(folder_fd, file.name, rendered[file.relative], file.mode)
             written += 1
         for copy in folder.copied:
-            _copy_new_file(folder_fd, copy, self.name, owner)
+            _copy_new_file(folder_fd, copy, self.name)
             written += 1
         for sub in folder.folders:
             os.mkdir(sub.name, 0o700, dir_fd=folder_fd)
             sub_fd = os.open(sub.name, _DIR_FLAGS, dir_fd=folder_fd)
             try:
-                written += self._fill(sub_fd, sub, rendered, owner)
+                written += self._fill(sub_fd, sub, rendered)
             finally:
                 os.close(sub_fd)
-        _set_owner_and_mode(folder_fd, folder.mode, owner)
+        os.fchmod(folder_fd, folder.mode)
         return written
 
 
@@ -613,7 +624,7 @@ def _open_parent(parent: Path, workshop: str) -> int:
         raise StepFailed(f"{workshop}: the student's folder {parent} {reason}") from None
 
 
-def _refuse_symlink(parent_fd: int, leaf: str, dest: Path, workshop: str) -> None:
+def _refuse_symlink(parent_fd: int, leaf: str, dest: str, workshop: str) -> None:
     try:
         st = os.stat(leaf, dir_fd=parent_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -637,7 +648,7 @@ def _remove_entry(parent_fd: int, name: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=parent_fd)
+        remove_entry(parent_fd, name)
     else:
         os.unlink(name, dir_fd=parent_fd)
 
@@ -662,27 +673,23 @@ def _swap_in(parent_fd: int, work: str, leaf: str) -> None:
         _remove_quietly(parent_fd, old)
 
 
-def _set_owner_and_mode(fd: int, mode: int, owner: tuple[int, int] | None) -> None:
-    if owner is not None:
-        os.fchown(fd, owner[0], owner[1])
-    os.fchmod(fd, mode)
-
-
-def _write_new_file(folder_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
+def _write_new_file(folder_fd: int, name: str, data: bytes, mode: int) -> None:
     fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=folder_fd)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        _set_owner_and_mode(fd, mode, owner)
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
 
 
-def _copy_new_file(folder_fd: int, file: _CopiedFile, workshop: str, owner: tuple[int, int] | None) -> None:
-    """Copy `file` byte for byte with its permission bits (shutil.copyfile + copymode, on fds)."""
+def _copy_new_file(folder_fd: int, file: _CopiedFile, workshop: str) -> None:
+    """Copy `file` byte for byte with its permission bits (shutil.copyfile + copymode, on fds);
+    the catalog's file is opened as the daemon, the copy made as whoever runs this."""
     try:
-        src = os.open(file.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with as_daemon():
+            src = os.open(file.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise StepFailed(f"{workshop}/{file.relative.as_posix()}: cannot read: {exc.strerror}") from None
     try:
@@ -692,7 +699,7 @@ def _copy_new_file(folder_fd: int, file: _CopiedFile, workshop: str, owner: tupl
         dst = os.open(file.name, _NEW_FILE_FLAGS, 0o600, dir_fd=folder_fd)
         try:
             _copy_bytes(src, dst)
-            _set_owner_and_mode(dst, stat.S_IMODE(st.st_mode) & 0o777, owner)
+            os.fchmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
         finally:
             os.close(dst)
     finally:
@@ -888,7 +895,16 @@ class CodeCache:
                     log.warning(
                         "template cache %s not used: not a folder of this user, or writable by others", self.folder
                     )
+                else:
+                    self._remove_half_written()
         return self._usable
+
+    def _remove_half_written(self) -> None:
+        """Remove the temporary files a crash left between writing one and renaming it."""
+        for name in os.listdir(self.folder):
+            if name.startswith(".") and ".code." in name:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.folder / name)
 
     def _file(self, kind: str, source: str, where: str) -> Path:
         key = "\0".join((_CODE_FORMAT, jinja2.__version__, importlib.util.MAGIC_NUMBER.hex(), kind, source, where))
@@ -1018,30 +1034,58 @@ class Renderer:
 
 
 def completion_percentage(deployed: Path, notebooks: Iterable[Path]) -> int:
+    """`completion_at` on the folder `deployed` (the student's copy of the workshop)."""
+    deployed = Path(os.path.abspath(deployed))
+    try:
+        parent = os.open(deployed.parent, _DIR_FLAGS)
+    except OSError:
+        return 0
+    try:
+        return completion_at(parent, deployed.name, notebooks)
+    finally:
+        os.close(parent)
+
+
+def completion_at(parent_fd: int, leaf: str, notebooks: Iterable[Path]) -> int:
     """The share of code cells the student ran, in percent, rounded down.
 
-    Over the notebooks `notebooks` (paths relative to `deployed`, the student's copy of
-    the workshop): code cells whose `execution_count` is not null, divided by all code
-    cells, times 100. 0 when there is no code cell.
+    Over the notebooks `notebooks` (paths relative to `leaf`, the student's copy of the
+    workshop in the open folder `parent_fd`): code cells whose `execution_count` is not
+    null, divided by all code cells, times 100. 0 when there is no code cell.
 
     A notebook that is not valid JSON (or not shaped like an nbformat 4 notebook) but can
     be read as text counts its code cells (found by their `"cell_type": "code"`) as not
     executed. A notebook that is missing, is not a regular file, cannot be read or decoded
-    as UTF-8, or is larger than MAX_NOTEBOOK_BYTES is skipped: its cells count neither way.
-    Files are opened without following symlinks (the student owns the folder).
+    as UTF-8, is larger than MAX_NOTEBOOK_BYTES, or comes after MAX_COMPLETION_BYTES were
+    read in all, is skipped (with a warning): its cells count neither way. Files are
+    opened without following symlinks and without blocking (the student owns the folder);
+    run it as the student (wodmail.homes.Homes.read_home).
     """
     executed = total = 0
+    budget = MAX_COMPLETION_BYTES
+    skipped: list[str] = []
     for notebook in notebooks:
-        data = _read_regular_beneath(Path(deployed), Path(notebook), MAX_NOTEBOOK_BYTES)
+        data = _read_regular_beneath(parent_fd, Path(leaf) / notebook, min(MAX_NOTEBOOK_BYTES, budget))
         if data is None:
+            skipped.append(Path(notebook).as_posix())
             continue
+        budget -= len(data)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
+            skipped.append(Path(notebook).as_posix())
             continue
+        del data
         ran, cells = _count_code_cells(text)
         executed += ran
         total += cells
+    if skipped:
+        log.warning(
+            "completion of %s: %d notebook(s) skipped (missing, not a regular file, unreadable or too large): %s",
+            leaf,
+            len(skipped),
+            ", ".join(skipped[:5])[:300],
+        )
     return executed * 100 // total if total else 0
 
 
@@ -1058,14 +1102,15 @@ def _count_code_cells(text: str) -> tuple[int, int]:
     return sum(1 for c in code if c.get("execution_count") is not None), len(code)
 
 
-def _read_regular_beneath(base: Path, relative: Path, limit: int) -> bytes | None:
-    """The bytes of the regular file `base/relative`, reached without following any symlink
-    (from `base` on), or None if there is none or it is larger than `limit`."""
+def _read_regular_beneath(base: int, relative: Path, limit: int) -> bytes | None:
+    """The bytes of the regular file `relative` under the open folder `base`, reached
+    without following any symlink or blocking, or None if there is none or it is larger
+    than `limit`."""
     parts = relative.parts
     if not parts or relative.is_absolute() or any(p in ("", ".", "..") for p in parts):
         return None
     try:
-        folder = os.open(base, _DIR_FLAGS)
+        folder = os.dup(base)
     except OSError:
         return None
     try:
@@ -1080,7 +1125,7 @@ def _read_regular_beneath(base: Path, relative: Path, limit: int) -> bytes | Non
                 return None
             chunks: list[bytes] = []
             size = 0
-            while chunk := os.read(fd, 1 << 20):
+            while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
                 size += len(chunk)
                 if size > limit:
                     return None
