@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import grp
 import logging
 import os
 import pwd
@@ -176,27 +177,19 @@ class Homes:
         """Make STUDENTDIR if it is missing; refuse one a student could change names in.
 
         Root acts on the names in STUDENTDIR (renames a home aside, makes a new one): that
-        is safe only if no student may create, rename or remove names there or above.
+        is safe only if no student may create, rename or remove a name there or on the way
+        to it, symbolic links included (the folder holding a link must be safe too).
         """
         self.student_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        me = os.geteuid()
-        path = self.student_dir
-        while True:
-            st = path.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                path = Path(os.path.realpath(path))
-                continue
-            sticky = bool(st.st_mode & stat.S_ISVTX)
-            if st.st_uid not in (0, me) or (st.st_mode & 0o022 and not (sticky and path != self.student_dir)):
-                raise ConfigError(
-                    path,
-                    "STUDENTDIR",
-                    f"{path} must belong to root (or uid {me}) and be writable by no one else,"
-                    " so that no student can change the names of the homes",
-                )
-            if path.parent == path:
-                return
-            path = path.parent
+        real = _safe_path(self.student_dir)
+        st = os.stat(real)
+        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            raise ConfigError(
+                self.student_dir,
+                "STUDENTDIR",
+                f"{real} must belong to root (or uid {os.geteuid()}) and be writable by no one else,"
+                " so that no student can change the names of the homes",
+            )
 
     def _open_student_dir(self) -> int:
         self.student_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -253,17 +246,21 @@ class Homes:
     # ------------------------------------------------------------------- the steps
 
     async def end_processes(self, stdid: int, grace: float = END_GRACE) -> str:
-        """End every process of the host account student{stdid}, if there is one."""
+        """End every process of the host account student{stdid}, if there is one, and remove
+        what it left outside its home (shared temporary folders, IPC, crontab, at, linger)."""
         account = self._account(int(stdid))
         if account is None:
             return "no host account"
         if not can_switch():
             return f"not root: the processes of student{stdid} are left running"
         try:
-            ended = await self.keeper.end_processes(account.uid, account.gid, grace)
+            name = f"student{stdid}"
+            group_too = _is_own_group(account.gid, name)
+            ended, left = await self.keeper.end_processes(account.uid, account.gid, grace, group_too, name)
         except OSError as exc:
             raise StepFailed(f"cannot end the processes of student{stdid}: {exc.strerror or exc}") from None
-        return "processes ended" if ended else "no process was running"
+        outcome = "processes ended" if ended else "no process was running"
+        return outcome + (f"; {left} things left outside the home removed" if left else "")
 
     async def reset(self, stdid: int) -> None:
         """Erase student{stdid}'s home and put its skeleton back (CREATE, CLEANUP, RESET, PURGE).
@@ -345,6 +342,39 @@ class Homes:
                 raise OSError(code, f"syncfs of {self.student_dir} failed: {os.strerror(code)}")
         finally:
             os.close(folder)
+
+
+def _safe_path(path: Path, links: int = 0) -> Path:
+    """The real path of `path`, checked from / down: no name on the way (symbolic links and
+    what they lead to included) can be changed by anyone but root and the daemon's user.
+    A name in a folder others may write to is safe only if that folder is sticky and the
+    name is root's (or the daemon's): /tmp/x made by root, not by a student."""
+    me = os.geteuid()
+    current = Path("/")
+    for name in Path(os.path.abspath(path)).parts[1:]:
+        folder = os.stat(current)
+        child = current / name
+        st = os.lstat(child)
+        if folder.st_mode & 0o022 and not (folder.st_mode & stat.S_ISVTX and st.st_uid in (0, me)):
+            raise ConfigError(
+                path, "STUDENTDIR", f"{child} can be renamed or replaced by others ({current} is writable by them)"
+            )
+        if stat.S_ISLNK(st.st_mode):
+            if links > 40:
+                raise ConfigError(path, "STUDENTDIR", f"{child}: too many symbolic links")
+            current = _safe_path(current / os.readlink(child), links + 1)
+        else:
+            current = child
+    return current
+
+
+def _is_own_group(gid: int, name: str) -> bool:
+    """Whether `gid` is the account `name`'s own group (same name): then its processes are
+    the student's too. A shared group (users) is not: other people's processes have it."""
+    try:
+        return grp.getgrgid(gid).gr_name == name
+    except KeyError:
+        return False
 
 
 def copy_skeleton(home: int, skeleton: Path) -> int:

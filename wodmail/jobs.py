@@ -180,17 +180,18 @@ class JobsProcess:
         os.set_blocking(write_end, False)
         argv = [
             sys.executable,
+            "-P",  # run from "/", importing nothing from the folder the daemon was started in
             "-m",
             "wodmail",
             "--location",
-            str(self.location.file),
+            os.path.abspath(self.location.file),
             "--log-level",
             logging.getLevelName(logging.getLogger().level).lower(),
             "jobs-process",
             "--wake-fd",
             str(read_end),
         ]
-        self.process = await asyncio.create_subprocess_exec(*argv, pass_fds=(read_end, *self.keep_fds))
+        self.process = await asyncio.create_subprocess_exec(*argv, pass_fds=(read_end, *self.keep_fds), cwd="/")
         os.close(read_end)
         if self._wake_w is not None:
             os.close(self._wake_w)

@@ -1,14 +1,14 @@
 """The keeper: a small root process beside the jobs process, for the work that must not
 run inside it.
 
-- **Ending a student's processes.** A child forked from the keeper drops to the student's
-  uid and gid for good (no supplementary groups) and calls kill(-1, SIGTERM), then, after a
-  grace period, kill(-1, SIGKILL) until the kernel says no process of that uid is left.
-  kill(-1) reaches every process the student may signal (real or saved uid: setuid
-  programs the student started too) in one pass of the kernel's task list, during which
-  no fork can complete, so a process that re-spawns, forks or calls setsid cannot outrun
-  it. The keeper is small, so the fork costs a fraction of a millisecond; forking the jobs
-  process (90 MiB, threads) would cost more and copy its pages for the whole grace period.
+- **Ending a student's processes**, as root, so that the student can neither signal the
+  keeper nor block its signals: every process any of whose user ids (or, for a group of
+  the student's own, group ids) is the student's, found in /proc (set-user-ID copies run by
+  a second account included), gets SIGTERM, a grace period, then kill(-1, SIGKILL) from a
+  child forked as the student (one pass of the kernel's task list, during which no fork
+  completes: a fork bomb cannot outrun it), then SIGSTOP and SIGKILL from root to whatever
+  is still found, until nothing is. With nothing running (the common case) it costs one
+  scan of /proc and no fork.
 - **Emptying the trash.** An erased home is renamed by the jobs process into
   STUDENTDIR/.wodmail-trash (root's, mode 0700: no student reaches it by any name) and a
   fresh home is made at once. The keeper then empties the trash in a thread of its own, as
@@ -18,8 +18,8 @@ run inside it.
   the jobs go on meanwhile.
 
 It talks to the jobs process over its standard input and output, one JSON object a line:
-`{"id": 1, "op": "end", "uid": 1001, "gid": 1001, "grace": 2}` is answered
-`{"id": 1, "ended": 3}` (or `"error": "..."`); `{"op": "trash"}` wakes the trash emptier.
+`{"id": 1, "op": "end", "uid": 1001, "gid": 1001, "grace": 2, "group": true}` is answered
+`{"id": 1, "ended": 1}` (or `"error": "..."`); `{"op": "trash"}` wakes the trash emptier.
 It dies with the jobs process (PR_SET_PDEATHSIG); the jobs process starts another on the
 next request.
 """
@@ -33,16 +33,16 @@ import errno
 import json
 import logging
 import os
-import resource
 import select
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from wodmail.erase import DIR_FLAGS, erase_contents
+from wodmail.erase import DIR_FLAGS, erase_contents, remove_entry
 from wodmail.identity import Identity, acting_as
 
 log = logging.getLogger(__name__)
@@ -50,107 +50,185 @@ log = logging.getLogger(__name__)
 TRASH = ".wodmail-trash"
 #: How long ending a student's processes may take in all before the step fails.
 END_BOUND = 10.0
-_KILL_ROUNDS = 200
-#: A path that does not exist (see _others_running).
-_NO_PROGRAM = "/nonexistent/wodmail-probe"
 
 
 # --------------------------------------------------------------------------- in the keeper
 
 
-def _living_processes(uid: int) -> list[int]:
-    """Processes whose real or saved uid is `uid` and that are not zombies (a zombie runs
-    nothing), this one excepted."""
+def processes_of(uid: int, gid: int | None) -> list[int]:
+    """The processes (not zombies: a zombie runs nothing) any of whose user ids (real,
+    effective, saved, filesystem) is `uid`, or, with `gid`, any of whose group ids is `gid`.
+
+    All four, not just the real one: a program the student made set-user-ID (or
+    set-group-ID) and a second account ran has the student's effective ids and another's
+    real ones; kill(-1) from the student does not reach it and a count of the student's
+    tasks does not see it. Read from /proc as root.
+    """
     found = []
-    me = str(os.getpid())
+    me = os.getpid()
+    wanted_uid = str(uid).encode()
+    wanted_gid = str(gid).encode() if gid is not None else None
     for name in os.listdir("/proc"):
-        if not name.isdigit() or name == me:
+        if not name.isdigit() or int(name) == me:
             continue
         try:
-            with open(f"/proc/{name}/status", "rb") as status:
-                text = status.read(2048)
+            with open(f"/proc/{name}/status", "rb", buffering=0) as status:
+                text = status.read(1536)
         except OSError:
             continue
-        state = uid_line = b""
+        state = uids = gids = b""
         for line in text.split(b"\n"):
             if line.startswith(b"State:"):
-                state = line.split()[1]
+                state = line
             elif line.startswith(b"Uid:"):
-                uid_line = line
-        fields = uid_line.split()
-        if state != b"Z" and len(fields) >= 4 and uid in (int(fields[1]), int(fields[3])):
+                uids = line
+            elif line.startswith(b"Gid:"):
+                gids = line
+                break
+        if b"(zombie)" in state:
+            continue
+        if wanted_uid in uids.split()[1:] or (wanted_gid is not None and wanted_gid in gids.split()[1:]):
             found.append(int(name))
     return found
 
 
-def _others_running() -> bool:
-    """In a child running as the student with RLIMIT_NPROC at 2: does any other task of its
-    uid exist (zombies not yet reaped included)? The kernel answers: creating a task (it
-    and us make 2) is refused with EAGAIN only if the uid has more. The new task's exec of
-    a path that does not exist fails at once; nothing runs."""
-    try:
-        os.posix_spawn(_NO_PROGRAM, [_NO_PROGRAM], {})
-    except BlockingIOError:
-        return True
-    except FileNotFoundError:
-        return False
-    raise OSError(errno.EEXIST, f"{_NO_PROGRAM} exists")
+def _signal_all(pids: list[int], signum: int) -> None:
+    """Send `signum` to each of `pids` through a pidfd (a pid reused meanwhile is not hit)."""
+    for pid in pids:
+        try:
+            handle = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone already
+        try:
+            signal.pidfd_send_signal(handle, signum)
+        except OSError:
+            pass
+        finally:
+            os.close(handle)
 
 
-def _end_as_student(uid: int, gid: int, grace: float) -> int:
-    """In a child that is now `uid`: end every process of `uid`. Exit status: 0 none were
-    running, 1 some were ended, 3 some survive."""
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    resource.setrlimit(resource.RLIMIT_NPROC, (2, 2))
-    if not _others_running():  # the common case (a fresh student): no /proc scan, no signal
-        return 0
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(-1, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _others_running():
-        time.sleep(0.02)
-    for _ in range(_KILL_ROUNDS):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(-1, signal.SIGKILL)
-        # kill(-1) says nothing of what it reached (0 as soon as any process exists);
-        # zombies keep the count up until reaped (a container's init may never): the
-        # living ones are looked for in /proc then.
-        if not _others_running() or not _living_processes(uid):
-            return 1
-        time.sleep(0.01)
-    return 3
-
-
-def end_processes(uid: int, gid: int, grace: float) -> int:
-    """Fork a child that ends every process of `uid`; returns 0 (none were running) or 1."""
-    if uid == 0:
-        raise ValueError("refusing to end the processes of root")
+def _kill_all_as(uid: int, gid: int) -> None:
+    """kill(-1, SIGKILL) from a child that is `uid`: every task whose real or saved uid is
+    `uid` dies in one pass of the kernel's task list, during which no fork completes (a
+    fork bomb cannot outrun it). The child may be stopped by the student: it gets a second."""
     pid = os.fork()
     if pid == 0:  # the child: only system calls, then _exit
-        status = 2
         try:
-            status = _end_as_student(uid, gid, grace)
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGKILL)
         finally:
-            os._exit(status)
+            os._exit(0)
     exited = os.pidfd_open(pid)
     try:
         watch = select.poll()
         watch.register(exited, select.POLLIN)
-        if not watch.poll((grace + END_BOUND) * 1000):  # stopped by the student, say: it is theirs
+        if not watch.poll(1000):
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise OSError(errno.ETIMEDOUT, f"ending the processes of uid {uid} took more than {END_BOUND:.0f} s")
     finally:
         os.close(exited)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code == 3:
-        raise OSError(errno.EBUSY, f"processes of uid {uid} survive SIGKILL")
-    if code not in (0, 1):
-        raise OSError(errno.EIO, f"the child ending the processes of uid {uid} failed ({code})")
-    return code
+    os.waitpid(pid, 0)
+
+
+def end_processes(uid: int, gid: int, grace: float, group_too: bool = False) -> int:
+    """End every process of `uid` (and of the group `gid` when `group_too`: the student's own
+    group); 0 if none was running, 1 if some were ended.
+
+    Run as root: SIGTERM to each, `grace` seconds to go, then kill(-1) from a child running
+    as the student, then, as root, SIGSTOP and SIGKILL to whatever is still found (the
+    student can signal neither the keeper nor root's signals away), until none is left or
+    END_BOUND has passed.
+    """
+    if uid == 0 or (group_too and gid == 0):
+        raise ValueError("refusing to end the processes of root")
+    group = gid if group_too else None
+    found = processes_of(uid, group)
+    if not found:
+        return 0
+    _signal_all(found, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and processes_of(uid, group):
+        time.sleep(0.05)
+    _kill_all_as(uid, gid)
+    deadline = time.monotonic() + END_BOUND
+    while found := processes_of(uid, group):
+        if time.monotonic() > deadline:
+            raise OSError(errno.EBUSY, f"{len(found)} processes of uid {uid} survive SIGKILL after {END_BOUND:.0f} s")
+        _signal_all(found, signal.SIGSTOP)  # a stopped process forks no more
+        _signal_all(found, signal.SIGKILL)
+        time.sleep(0.01)
+    return 1
+
+
+#: Shared folders where a student may leave files the next person with the same uid would
+#: find (each top-level entry owned by the student is removed, as the student).
+SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")
+#: Files by user name that bring a student back after their processes ended.
+_COMEBACKS = ("/var/spool/cron/crontabs/{name}", "/var/lib/systemd/linger/{name}")
+_AT_JOBS = "/var/spool/cron/atjobs"
+_IPC_RMID = 0
+
+
+def clear_leftovers(uid: int, gid: int, name: str) -> int:
+    """Remove what `name` (uid) left outside the home for the next person with that uid:
+    files in the shared temporary folders (as the student), System V IPC objects, a
+    crontab, `at` jobs, systemd lingering. Run once their processes have ended. Returns
+    how many things were removed."""
+    removed = 0
+    with acting_as(Identity(uid, gid)):
+        for shared in SHARED_TEMP:
+            try:
+                folder = os.open(shared, DIR_FLAGS)
+            except OSError:
+                continue
+            try:
+                for entry in os.scandir(folder):
+                    try:
+                        if entry.stat(follow_symlinks=False).st_uid == uid:
+                            remove_entry(folder, entry.name)
+                            removed += 1
+                    except OSError as exc:
+                        log.warning("cannot remove %s/%s of %s: %s", shared, entry.name, name, exc.strerror)
+            finally:
+                os.close(folder)
+    for pattern in _COMEBACKS:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pattern.format(name=name))
+            removed += 1
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(_AT_JOBS):
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == uid:
+                os.unlink(entry.path)
+                removed += 1
+    return removed + _remove_ipc(uid)
+
+
+def _remove_ipc(uid: int) -> int:
+    """Remove the System V shared memory, message queues and semaphores owned or made by uid."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    removers: dict[str, Callable[[int], int]] = {
+        "shm": lambda ident: int(libc.shmctl(ident, _IPC_RMID, None)),
+        "msg": lambda ident: int(libc.msgctl(ident, _IPC_RMID, None)),
+        "sem": lambda ident: int(libc.semctl(ident, 0, _IPC_RMID)),
+    }
+    removed = 0
+    for kind, remove in removers.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}") as table:
+                header, *rows = table.read().splitlines()
+        except OSError:
+            continue
+        columns = header.split()
+        for row in rows:
+            fields = dict(zip(columns, row.split(), strict=False))
+            if (
+                str(uid) in (fields.get("uid"), fields.get("cuid"))
+                and remove(int(row.split()[1])) == 0  # the second column: shmid, msqid, semid
+            ):
+                removed += 1
+    return removed
 
 
 class TrashEmptier(threading.Thread):
@@ -235,8 +313,10 @@ def main(argv: list[str]) -> int:
 
     def end(request: dict[str, Any]) -> None:
         try:
-            ended = end_processes(int(request["uid"]), int(request["gid"]), float(request["grace"]))
-            answer({"id": request["id"], "ended": ended})
+            uid, gid = int(request["uid"]), int(request["gid"])
+            ended = end_processes(uid, gid, float(request["grace"]), bool(request.get("group")))
+            left = clear_leftovers(uid, gid, str(request["name"])) if request.get("name") else 0
+            answer({"id": request["id"], "ended": ended, "left": left})
         except (OSError, ValueError) as exc:
             answer({"id": request["id"], "error": str(exc)})
 
@@ -271,12 +351,14 @@ class Keeper:
             env = {key: value for key, value in os.environ.items() if key in ("PATH", "LANG", "LC_ALL", "PYTHONPATH")}
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-P",  # nothing imported from the folder it runs in
                 "-m",
                 "wodmail.keeper",
                 str(self.trash),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 env=env,
+                cwd="/",
             )
             self._process = process
             self._reader = asyncio.create_task(self._read(process), name="keeper")
@@ -301,23 +383,35 @@ class Keeper:
         await process.stdin.drain()
         return process
 
-    async def end_processes(self, uid: int, gid: int, grace: float) -> int:
-        """End every process of `uid`; 0 if none was running, 1 if some were ended."""
+    async def end_processes(self, uid: int, gid: int, grace: float, group_too: bool, name: str = "") -> tuple[int, int]:
+        """End every process of `uid` (and of group `gid` when `group_too`), then remove what
+        the account `name` left outside its home (`clear_leftovers`); returns (1 if some
+        process was running else 0, how many leftovers were removed)."""
         self._next += 1
         request_id = self._next
-        request = {"id": request_id, "op": "end", "uid": uid, "gid": gid, "grace": grace}
+        request = {
+            "id": request_id,
+            "op": "end",
+            "uid": uid,
+            "gid": gid,
+            "grace": grace,
+            "group": group_too,
+            "name": name,
+        }
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
             await self._send(request)
             reply = await asyncio.wait_for(future, grace + END_BOUND + 5)
         except TimeoutError:
+            if self._process is not None and self._process.returncode is None:
+                self._process.kill()  # stuck: the next request starts another
             raise OSError(errno.ETIMEDOUT, "the keeper did not answer in time") from None
         finally:
             self._waiting.pop(request_id, None)
         if "error" in reply:
             raise OSError(errno.EIO, str(reply["error"]))
-        return int(reply["ended"])
+        return int(reply["ended"]), int(reply.get("left", 0))
 
     async def empty_trash(self) -> None:
         """Ask for the trash to be emptied (now, in the keeper)."""

@@ -83,6 +83,9 @@ DEFAULT_INVENTORY_HOSTNAME = "localhost"
 
 #: A deployed notebook larger than this is not read for the completion percentage.
 MAX_NOTEBOOK_BYTES = 16 * 1024 * 1024
+#: The most objects and arrays a notebook may hold to be parsed for the completion (a real
+#: one has a handful per cell; its outputs' images are strings).
+MAX_NOTEBOOK_CONTAINERS = 200_000
 #: The most read from one student's notebooks for one completion (memory stays bounded).
 MAX_COMPLETION_BYTES = 64 * 1024 * 1024
 
@@ -1090,11 +1093,17 @@ def completion_at(parent_fd: int, leaf: str, notebooks: Iterable[Path]) -> int:
 
 
 def _count_code_cells(text: str) -> tuple[int, int]:
-    """(executed, all) code cells of a notebook's text."""
-    try:
-        document = json.loads(text)
-    except ValueError:
-        document = None
+    """(executed, all) code cells of a notebook's text.
+
+    A text with more than MAX_NOTEBOOK_CONTAINERS objects and arrays is not parsed (a
+    student's 16 MiB of `[{},{},...]` would take 400 MB and hold the GIL for a second), nor
+    is one nested too deep for the parser: their code cells count as not executed."""
+    document = None
+    if text.count("{") + text.count("[") <= MAX_NOTEBOOK_CONTAINERS:
+        try:
+            document = json.loads(text)
+        except (ValueError, RecursionError):
+            document = None
     cells = document.get("cells") if isinstance(document, dict) else None
     if not isinstance(cells, list):
         return 0, len(_CODE_CELL_RE.findall(text))
