@@ -1,0 +1,235 @@
+"""The keeper and the homes against what a red-team review found, with real accounts.
+
+Each test makes its own unprivileged accounts (student1951, student1952), runs the attack as
+them (setpriv, /usr/bin/python3: the project's venv need not be readable by students) and
+drives wodmail.homes.Homes as the jobs process does. As root, as CI runs them: without
+root they fail, they do not skip.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA
+from wodmail.errors import ConfigError
+from wodmail.homes import Homes
+from wodmail.workshop import MAX_NOTEBOOK_BYTES, completion_percentage
+
+ATTACKS = DATA / "keeper"
+A, B = 1951, 1952
+
+
+def as_student(account: pwd.struct_passwd, *argv: str, **options: object) -> subprocess.Popen[bytes]:
+    command = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--", *argv]
+    return subprocess.Popen(command, start_new_session=True, **options)  # type: ignore[call-overload, no-any-return]
+
+
+def alive(process: subprocess.Popen[bytes]) -> bool:
+    """Running, not merely a zombie waiting for us."""
+    return process.poll() is None
+
+
+@pytest.fixture
+def accounts() -> Iterator[tuple[pwd.struct_passwd, pwd.struct_passwd]]:
+    assert os.geteuid() == 0, "these tests make accounts and act as them: run the suite as root (scripts/test)"
+    names = [f"student{n}" for n in (A, B)]
+    for name in names:
+        subprocess.run(["userdel", name], capture_output=True, check=False)  # left by a crashed run
+        subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(names[0]), pwd.getpwnam(names[1])
+    finally:
+        for name in names:
+            uid = pwd.getpwnam(name).pw_uid
+            subprocess.run(["pkill", "-KILL", "-U", str(uid)], check=False)  # this test's accounts only
+            time.sleep(0.1)
+            subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+@pytest.fixture
+def student_dir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="wodmail-keeper-", dir="/var/tmp"))
+    base.chmod(0o755)
+    try:
+        yield base / "homes"
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.fixture
+async def homes(student_dir: Path) -> AsyncIterator[Homes]:
+    homes = Homes(student_dir)
+    homes.check()
+    yield homes
+    await homes.keeper.aclose()
+
+
+@pytest.mark.parametrize("bit", ["4755", "2755"], ids=["set-user-ID", "set-group-ID"])
+async def test_a_set_id_copy_run_by_another_account_does_not_survive(
+    homes: Homes, accounts: tuple[pwd.struct_passwd, pwd.struct_passwd], bit: str
+) -> None:
+    """Student A makes a set-ID copy of python in the home; student B runs it: the process has
+    A's effective ids and B's real ones, out of reach of kill(-1) as A. After the erase and
+    the next customer's deployment, it must be gone and must not have read their file."""
+    a, b = accounts
+    await homes.reset(A)
+    home = homes.student_dir / f"student{A}"
+    python = os.path.realpath("/usr/bin/python3")
+    setup = as_student(a, "/bin/sh", "-c", f"cp {python} {home}/py && chmod {bit} {home}/py && chmod 0711 {home}")
+    assert setup.wait() == 0
+    loot = Path(tempfile.mkdtemp(dir="/var/tmp")) / "loot"
+    loot.parent.chmod(0o777)
+    hidden = as_student(
+        b, f"{home}/py", str(ATTACKS / "hidden.py"), str(a.pw_uid), str(b.pw_uid), f"{home}/secret", str(loot)
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(f"{loot}.ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert Path(f"{loot}.ready").exists(), "the hidden process did not start"
+
+        assert await homes.end_processes(A) == "processes ended"
+        await homes.reset(A)
+
+        def deploy(folder: int) -> None:  # the next customer's password, as A would own it
+            fd = os.open("secret", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640, dir_fd=folder)
+            os.write(fd, b"PASSSTU=the-next-customers\n")
+            os.close(fd)
+
+        await homes.work_in_home(A, deploy)
+        time.sleep(0.5)
+        assert not alive(hidden), "a process with the student's effective ids survived"
+        assert not loot.exists(), "the next customer's file was read"
+    finally:
+        if alive(hidden):
+            hidden.kill()
+        hidden.wait()
+        shutil.rmtree(loot.parent)
+
+
+async def test_a_student_stopping_every_process_of_theirs_is_still_ended(
+    homes: Homes, accounts: tuple[pwd.struct_passwd, pwd.struct_passwd], tmp_path: Path
+) -> None:
+    """The student ignores SIGTERM and SIGSTOPs every new process of its uid (so a child
+    wodmail forks as the student): root's signals still end it, within the bound."""
+    a, _ = accounts
+    await homes.reset(A)
+    ready = Path(tempfile.mkdtemp(dir="/var/tmp")) / "ready"
+    ready.parent.chmod(0o777)
+    stopper = as_student(a, "/usr/bin/python3", str(ATTACKS / "stopper.py"), env={"READY": str(ready)})
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        started = time.monotonic()
+        assert await homes.end_processes(A, grace=0.5) == "processes ended"
+        took = time.monotonic() - started
+        stopper.wait(timeout=5)
+        assert took < 5, f"ending a stopping student took {took:.1f} s"
+    finally:
+        if alive(stopper):
+            stopper.kill()
+        stopper.wait()
+        shutil.rmtree(ready.parent)
+
+
+async def test_what_a_student_leaves_outside_the_home_is_removed(
+    homes: Homes, accounts: tuple[pwd.struct_passwd, pwd.struct_passwd]
+) -> None:
+    """Shared memory, message queues, semaphores and files in /tmp, /var/tmp and /dev/shm of
+    the former student are gone before the next person gets the same uid."""
+    a, b = accounts
+    tag, other = f"wodmail-left-{os.getpid()}", f"wodmail-kept-{os.getpid()}"
+    assert as_student(a, "/usr/bin/python3", str(ATTACKS / "leftovers.py"), tag).wait() == 0
+    assert as_student(b, "/usr/bin/python3", str(ATTACKS / "leftovers.py"), other).wait() == 0
+
+    def ipc_of(uid: int) -> list[str]:
+        rows = []
+        for kind in ("shm", "msg", "sem"):
+            header, *lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()
+            at = header.split().index("uid")
+            rows += [f"{kind}:{line.split()[1]}" for line in lines if line.split()[at] == str(uid)]
+        return rows
+
+    assert len(ipc_of(a.pw_uid)) == 3
+    outcome = await homes.end_processes(A)
+    assert outcome.endswith("6 things left outside the home removed"), outcome
+    assert ipc_of(a.pw_uid) == []
+    for folder in ("/tmp", "/var/tmp", "/dev/shm"):
+        assert not Path(folder, tag).exists()
+        assert Path(folder, other, "deeper", "note").exists(), "another student's files were touched"
+    # the other account's things are theirs to keep
+    assert len(ipc_of(b.pw_uid)) == 3
+    await homes.end_processes(B)
+    assert ipc_of(b.pw_uid) == []
+
+
+def test_hostile_notebooks_give_a_completion_not_a_crash(tmp_path: Path) -> None:
+    """Nested past the parser's limit, or 16 MiB of empty objects: counted as not executed."""
+    deployed = tmp_path / "WKSHP-X"
+    deployed.mkdir()
+    good = '{"cells": [{"cell_type": "code", "execution_count": 1}, {"cell_type": "code", "execution_count": null}]}'
+    (deployed / "good.ipynb").write_text(good)
+    (deployed / "deep.ipynb").write_text("[" * 100_000)
+    bomb = "[" + "{}," * ((MAX_NOTEBOOK_BYTES - 10) // 3) + "{}]"
+    (deployed / "bomb.ipynb").write_text(bomb)
+    notebooks = [Path("good.ipynb"), Path("deep.ipynb"), Path("bomb.ipynb")]
+    assert completion_percentage(deployed, notebooks) == 50
+
+
+def test_a_studentdir_reached_through_a_students_link_is_refused(
+    student_dir: Path, accounts: tuple[pwd.struct_passwd, pwd.struct_passwd]
+) -> None:
+    """A link the student owns in a sticky folder (/var/tmp) could be pointed elsewhere later."""
+    a, _ = accounts
+    student_dir.mkdir()
+    link = Path("/var/tmp") / f"wodmail-link-{os.getpid()}"
+    link.symlink_to(student_dir.parent)
+    try:
+        Homes(link / "homes").check()  # root's link: fine
+        os.lchown(link, a.pw_uid, a.pw_gid)
+        with pytest.raises(ConfigError, match="can be renamed or replaced by others"):
+            Homes(link / "homes").check()
+    finally:
+        link.unlink()
+
+
+def test_the_keeper_imports_nothing_from_the_folder_it_was_started_in(tmp_path: Path) -> None:
+    """A wodmail/ package planted in the operator's working folder is not run as root."""
+    planted = tmp_path / "wodmail"
+    planted.mkdir()
+    marker = tmp_path / "ran-as-root"
+    (planted / "__init__.py").write_text("")
+    (planted / "keeper.py").write_text(f"open({str(marker)!r}, 'w').write('planted')\n")
+    script = (
+        "import asyncio\n"
+        "from pathlib import Path\n"
+        "from wodmail.keeper import Keeper\n"
+        "async def main():\n"
+        f"    keeper = Keeper(Path({str(tmp_path / 'trash')!r}))\n"
+        "    print(await keeper.end_processes(4242, 4242, 0.1, False))\n"
+        "    await keeper.aclose()\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},  # the test's own import of wodmail is the installed one
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(0, 0)"
+    assert not marker.exists(), "the keeper imported a module from its working folder"
