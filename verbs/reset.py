@@ -9,9 +9,9 @@ from wodmail.services import JobRun, Services
 name = "RESET"
 argument_description = "<stdid>|<min>,<max> <customer-id>; body: the workshop (a reset workshop)"
 description = (
-    "For each student: rotate the password, stop the JupyterHub server, end every process; then run"
-    " the workshop's reset hook (required); then for each student: unassign, erase the home; a range"
-    " also sets the workshop's capacity back to the range's size."
+    "For each student: rotate the password, stop the JupyterHub server; end every process of every"
+    " student (all at once); then run the workshop's reset hook (required); then for each student:"
+    " unassign, erase the home; a range also sets the workshop's capacity back to the range's size."
 )
 
 
@@ -29,7 +29,7 @@ async def run(job: JobRun, services: Services) -> str:
         await job.step(f"rotate password student{stdid}", services.set_password, stdid, workshop, password)
         if services.hub is not None:
             await job.step(f"stop JupyterHub server student{stdid}", services.hub.stop, f"student{stdid}")
-        await job.step(f"end processes student{stdid}", services.homes.end_processes, stdid)
+    await job.step("end processes", services.homes.end_processes_of, list(command.students))
 
     variables = services.template_variables(command, workshop, command.stdid, job.password(command.student_name))
     variables.update(STDIDMIN=command.stdid, STDIDMAX=command.last_stdid)

@@ -342,6 +342,7 @@ class Keeper:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next = 0
         self._starting = asyncio.Lock()
+        self._heard = time.monotonic()
 
     async def _started(self) -> asyncio.subprocess.Process:
         async with self._starting:
@@ -367,6 +368,7 @@ class Keeper:
     async def _read(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
         while line := await process.stdout.readline():
+            self._heard = time.monotonic()
             reply = json.loads(line)
             waiting = self._waiting.pop(int(reply.get("id", 0)), None)
             if waiting is not None and not waiting.done():
@@ -404,8 +406,9 @@ class Keeper:
             await self._send(request)
             reply = await asyncio.wait_for(future, grace + END_BOUND + 5)
         except TimeoutError:
-            if self._process is not None and self._process.returncode is None:
-                self._process.kill()  # stuck: the next request starts another
+            process, silent = self._process, time.monotonic() - self._heard
+            if process is not None and process.returncode is None and silent > grace + END_BOUND:
+                process.kill()  # it answered nobody for that long: stuck (the next request starts another)
             raise OSError(errno.ETIMEDOUT, "the keeper did not answer in time") from None
         finally:
             self._waiting.pop(request_id, None)

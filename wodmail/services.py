@@ -85,7 +85,8 @@ class Services:
 
         compiled = self.renderer.workshop(workshop.content)
         try:
-            return await self.homes.read_home(stdid, completion_at, workshop.content_name, compiled.notebooks)
+            count = partial(completion_at, who=f"student{stdid}")
+            return await self.homes.read_home(stdid, count, workshop.content_name, compiled.notebooks)
         except HomeMissing:
             return 0
 

@@ -1049,7 +1049,7 @@ def completion_percentage(deployed: Path, notebooks: Iterable[Path]) -> int:
         os.close(parent)
 
 
-def completion_at(parent_fd: int, leaf: str, notebooks: Iterable[Path]) -> int:
+def completion_at(parent_fd: int, leaf: str, notebooks: Iterable[Path], *, who: str = "") -> int:
     """The share of code cells the student ran, in percent, rounded down.
 
     Over the notebooks `notebooks` (paths relative to `leaf`, the student's copy of the
@@ -1084,10 +1084,12 @@ def completion_at(parent_fd: int, leaf: str, notebooks: Iterable[Path]) -> int:
         total += cells
     if skipped:
         log.warning(
-            "completion of %s: %d notebook(s) skipped (missing, not a regular file, unreadable or too large): %s",
+            "completion of %s%s: %d notebook(s) not counted (missing, not a regular file, unreadable or too"
+            " large): %s",
+            f"{who} " if who else "",
             leaf,
             len(skipped),
-            ", ".join(skipped[:5])[:300],
+            ", ".join(skipped)[:500],
         )
     return executed * 100 // total if total else 0
 
