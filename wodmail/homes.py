@@ -245,9 +245,10 @@ class Homes:
 
     # ------------------------------------------------------------------- the steps
 
-    async def end_processes(self, stdid: int, grace: float = END_GRACE) -> str:
-        """End every process of the host account student{stdid}, if there is one, and remove
-        what it left outside its home (shared temporary folders, IPC, crontab, at, linger)."""
+    async def end_processes(self, stdid: int, grace: float = END_GRACE, *, leftovers: bool = True) -> str:
+        """End every process of the host account student{stdid}, if there is one, and (with
+        `leftovers`) remove what it left outside its home (shared temporary folders, IPC,
+        crontab, at, linger)."""
         account = self._account(int(stdid))
         if account is None:
             return "no host account"
@@ -256,7 +257,9 @@ class Homes:
         try:
             name = f"student{stdid}"
             group_too = _is_own_group(account.gid, name)
-            ended, left = await self.keeper.end_processes(account.uid, account.gid, grace, group_too, name)
+            ended, left = await self.keeper.end_processes(
+                account.uid, account.gid, grace, group_too, name if leftovers else ""
+            )
         except OSError as exc:  # a busy or restarted keeper, processes that outlive the bound: again later
             raise TransientError(f"cannot end the processes of student{stdid} yet: {exc.strerror or exc}") from None
         outcome = "processes ended" if ended else "no process was running"
@@ -267,6 +270,11 @@ class Homes:
         outcomes = await asyncio.gather(*(self.end_processes(stdid, grace) for stdid in stdids))
         ended = sum(1 for outcome in outcomes if outcome.startswith("processes ended"))
         return f"processes of {ended} of {len(stdids)} students ended"
+
+    async def end_new_students_processes(self, stdid: int) -> str:
+        """For CREATE: end whatever a former holder of the seat left running. What they left
+        outside the home went at their CLEANUP, PURGE or RESET."""
+        return await self.end_processes(stdid, leftovers=False)
 
     async def reset(self, stdid: int) -> None:
         """Erase student{stdid}'s home and put its skeleton back (CREATE, CLEANUP, RESET, PURGE).

@@ -71,25 +71,31 @@ def processes_of(uid: int, gid: int | None) -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
-        try:
-            with open(f"/proc/{name}/status", "rb", buffering=0) as status:
-                text = status.read(1536)
+        try:  # os.open/os.read: a third of the cost of a file object, for the ~70 processes of a host
+            fd = os.open(f"/proc/{name}/status", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                text = os.read(fd, 1536)
+            finally:
+                os.close(fd)
         except OSError:
             continue
-        state = uids = gids = b""
-        for line in text.split(b"\n"):
-            if line.startswith(b"State:"):
-                state = line
-            elif line.startswith(b"Uid:"):
-                uids = line
-            elif line.startswith(b"Gid:"):
-                gids = line
-                break
-        if b"(zombie)" in state:
-            continue
-        if wanted_uid in uids.split()[1:] or (wanted_gid is not None and wanted_gid in gids.split()[1:]):
+        uids = _field(text, b"\nUid:")
+        gids = _field(text, b"\nGid:") if wanted_gid is not None else []
+        if (wanted_uid in uids or wanted_gid in gids) and b"(zombie)" not in _line(text, b"\nState:"):
             found.append(int(name))
     return found
+
+
+def _line(text: bytes, label: bytes) -> bytes:
+    start = text.find(label)
+    if start < 0:
+        return b""
+    end = text.find(b"\n", start + 1)
+    return text[start + len(label) : end if end > 0 else None]
+
+
+def _field(text: bytes, label: bytes) -> list[bytes]:
+    return _line(text, label).split()
 
 
 def _signal_all(pids: list[int], signum: int) -> None:
@@ -259,7 +265,9 @@ class TrashEmptier(threading.Thread):
                 except OSError as exc:
                     log.warning("cannot erase %s/%s yet: %s", self.trash, name, exc)
                     continue
-                log.info("erased %s (%d entries, %.2f s)", name, count, time.monotonic() - started)
+                took = time.monotonic() - started
+                if took > 1.0:  # a big one (a million files, a deep tree) is worth a line
+                    log.info("erased %s (%d entries, %.2f s)", name, count, took)
         finally:
             os.close(trash)
 
@@ -323,7 +331,11 @@ def main(argv: list[str]) -> int:
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "end":
-            threading.Thread(target=end, args=(request,), daemon=True).start()
+            group = int(request["gid"]) if request.get("group") else None
+            if not request.get("name") and not processes_of(int(request["uid"]), group):
+                answer({"id": request["id"], "ended": 0, "left": 0})  # the common case: no thread
+            else:
+                threading.Thread(target=end, args=(request,), daemon=True).start()
         elif request["op"] == "trash":
             emptier.wanted.set()
     return 0
