@@ -31,6 +31,7 @@ door can name: its unsigned command is refused, and recorded, like a student's.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import logging
 import math
@@ -88,8 +89,12 @@ class LocalClient:
         return describe_uid(self.uid)
 
 
+@functools.lru_cache(maxsize=256)
 def describe_uid(uid: int) -> str:
-    """The user as messages name it: "user NAME (uid N)", or "uid N" without an account."""
+    """The user as messages name it: "user NAME (uid N)", or "uid N" without an account.
+
+    Kept: a lookup walks NSS (systemd's userdb folders, /etc/passwd line by line) for
+    0.1-0.3 ms, and the doors name the user of every command from a local peer."""
     try:
         return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
     except (KeyError, OverflowError):
