@@ -63,6 +63,17 @@ def send_legacy(port: int, data: bytes, read_first_byte: bool = True, timeout: f
     return b""
 
 
+def wodmail(site: Site, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """`wodmail --location SITE ARGS...` as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "wodmail", "--location", str(site.file), *args],
+        input=stdin,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+
+
 class Site:
     """A location of our own under tmp_path, with its workshops file."""
 

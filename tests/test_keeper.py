@@ -39,6 +39,22 @@ def alive(process: subprocess.Popen[bytes]) -> bool:
     return process.poll() is None
 
 
+def wait_for(path: Path, timeout: float = 10) -> bool:
+    """Whether `path` appeared (an attack program says it is ready) within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path.exists()
+
+
+def end(process: subprocess.Popen[bytes], scratch: Path) -> None:
+    """Whatever the test found: the attack program gone, its scratch folder removed."""
+    if alive(process):
+        process.kill()
+    process.wait()
+    shutil.rmtree(scratch)
+
+
 @pytest.fixture
 def accounts() -> Iterator[tuple[pwd.struct_passwd, pwd.struct_passwd]]:
     assert os.geteuid() == 0, "these tests make accounts and act as them: run the suite as root (scripts/test)"
@@ -93,10 +109,7 @@ async def test_a_set_id_copy_run_by_another_account_does_not_survive(
         b, f"{home}/py", str(ATTACKS / "hidden.py"), str(a.pw_uid), str(b.pw_uid), f"{home}/secret", str(loot)
     )
     try:
-        deadline = time.monotonic() + 10
-        while not Path(f"{loot}.ready").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert Path(f"{loot}.ready").exists(), "the hidden process did not start"
+        assert wait_for(Path(f"{loot}.ready")), "the hidden process did not start"
 
         assert await homes.end_processes(A) == "processes ended"
         await homes.reset(A)
@@ -111,10 +124,7 @@ async def test_a_set_id_copy_run_by_another_account_does_not_survive(
         assert not alive(hidden), "a process with the student's effective ids survived"
         assert not loot.exists(), "the next customer's file was read"
     finally:
-        if alive(hidden):
-            hidden.kill()
-        hidden.wait()
-        shutil.rmtree(loot.parent)
+        end(hidden, loot.parent)
 
 
 async def test_a_student_stopping_every_process_of_theirs_is_still_ended(
@@ -128,19 +138,14 @@ async def test_a_student_stopping_every_process_of_theirs_is_still_ended(
     ready.parent.chmod(0o777)
     stopper = as_student(a, "/usr/bin/python3", str(ATTACKS / "stopper.py"), env={"READY": str(ready)})
     try:
-        deadline = time.monotonic() + 10
-        while not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert wait_for(ready), "the stopping program did not start"
         started = time.monotonic()
         assert await homes.end_processes(A, grace=0.5) == "processes ended"
         took = time.monotonic() - started
         stopper.wait(timeout=5)
         assert took < 5, f"ending a stopping student took {took:.1f} s"
     finally:
-        if alive(stopper):
-            stopper.kill()
-        stopper.wait()
-        shutil.rmtree(ready.parent)
+        end(stopper, ready.parent)
 
 
 async def test_what_a_student_leaves_outside_the_home_is_removed(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Site
+from tests.conftest import Site, wodmail
 from wodmail import queue
 from wodmail.command import parse_command
 from wodmail.errors import ConfigError, NotPermitted
@@ -312,16 +312,6 @@ def test_an_unsafe_tagged_key_is_in_clear(site: Site) -> None:
 
 
 # --- wodmail send, against the real daemon and through deliver ------------------------------
-
-
-def wodmail(site: Site, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "wodmail", "--location", str(site.file), *args],
-        input=stdin,
-        capture_output=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def test_send_composes_a_signed_command_that_runs(site: Site, daemon_factory) -> None:

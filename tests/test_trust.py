@@ -19,7 +19,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, Site
+from tests.conftest import DATA, Site, wodmail
 from wodmail import admin
 from wodmail.errors import NotPermitted
 from wodmail.inbound import InboundMail, Reply
@@ -142,16 +141,6 @@ def run_as(user: pwd.struct_passwd | None, *args: str) -> str:
 
 def send(user: pwd.struct_passwd | None, door: str, source: str, port: int, subject: str, *extra: str) -> str:
     return run_as(user, "-c", CLIENT, door, source, str(port), subject, *extra)
-
-
-def wodmail(site: Site, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "wodmail", "--location", str(site.file), *args],
-        input=stdin,
-        capture_output=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def wait_for(predicate: object, timeout: float = 15.0) -> None:

@@ -23,12 +23,12 @@ import contextlib
 import ctypes
 import logging
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
 
 from wodmail import faults, queue
+from wodmail.erase import DIR_FLAGS, erase_contents
 from wodmail.location import Location
 from wodmail.passwords import PasswordMint
 from wodmail.regapp import Outbox
@@ -151,17 +151,18 @@ def clear_hook_runs(run_dir: Path) -> None:
     hook's variables file (it holds the student's password) and Ansible's temporary folders.
     No hook runs yet: the jobs they served run again, and write their own."""
     try:
-        entries = list(os.scandir(run_dir))
+        folder = os.open(run_dir, DIR_FLAGS)
     except FileNotFoundError:
         return
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-    if entries:
-        log.warning("removed what hooks of an earlier run left in %s: %d entries", run_dir, len(entries))
+    try:
+        removed = erase_contents(folder)  # through descriptors, never following a link
+    except OSError as exc:
+        log.warning("cannot empty %s: %s", run_dir, exc)
+        return
+    finally:
+        os.close(folder)
+    if removed:
+        log.warning("removed what hooks of an earlier run left in %s: %d entries", run_dir, removed)
 
 
 class JobsProcess:
@@ -231,4 +232,3 @@ class JobsProcess:
         if self._wake_w is not None:
             os.close(self._wake_w)
             self._wake_w = None
-

@@ -11,12 +11,11 @@ usage: fifo.py HOME STUDENTDIR SECONDS [--pad COUNT] [--fifo NAME]... [--socket 
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import stat
 
-from linux import Home, Watch, exchange, pad, quietly, run_in_bursts
+from linux import Home, Watch, exchange, pad, quietly, racing_attack_arguments, run_in_bursts
 
 
 def make_fifo(fd: int, name: str) -> None:
@@ -48,11 +47,7 @@ def make_folder(fd: int, name: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("home")
-    parser.add_argument("student_dir")
-    parser.add_argument("seconds", type=float)
-    parser.add_argument("--pad", type=int, default=0, help="files to slow the erase down with")
+    parser = racing_attack_arguments()
     parser.add_argument("--fifo", action="append", default=[])
     parser.add_argument("--socket", action="append", default=[])
     parser.add_argument("--folder", action="append", default=[])

@@ -5,6 +5,7 @@ Run by /usr/bin/python3 as an unprivileged student: stdlib only, no project code
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import errno
 import os
@@ -148,3 +149,13 @@ def quietly(action, *args, **kwargs) -> None:
         action(*args, **kwargs)
     except OSError:
         pass
+
+
+def racing_attack_arguments() -> argparse.ArgumentParser:
+    """The arguments every racing attack takes; each adds its own."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("home")
+    parser.add_argument("student_dir")
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("--pad", type=int, default=0, help="files to slow the erase down with")
+    return parser

@@ -11,18 +11,13 @@ usage: plant.py HOME STUDENTDIR SECONDS [--pad COUNT] [--link NAME=TARGET]...
 
 from __future__ import annotations
 
-import argparse
 import os
 
-from linux import Home, Watch, pad, quietly, run_in_bursts
+from linux import Home, Watch, pad, quietly, racing_attack_arguments, run_in_bursts
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("home")
-    parser.add_argument("student_dir")
-    parser.add_argument("seconds", type=float)
-    parser.add_argument("--pad", type=int, default=0, help="files to slow the erase down with")
+    parser = racing_attack_arguments()
     parser.add_argument("--link", action="append", default=[], help="NAME=TARGET")
     args = parser.parse_args()
     home = Home(args.home)

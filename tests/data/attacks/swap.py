@@ -11,11 +11,10 @@ usage: swap.py HOME STUDENTDIR SECONDS [--pad COUNT] --folder-target DIR --file-
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat
 
-from linux import Home, Watch, exchange, pad, quietly, run_in_bursts
+from linux import Home, Watch, exchange, pad, quietly, racing_attack_arguments, run_in_bursts
 
 
 def make_folder(fd: int, name: str) -> None:
@@ -31,11 +30,7 @@ def make_file(fd: int, name: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("home")
-    parser.add_argument("student_dir")
-    parser.add_argument("seconds", type=float)
-    parser.add_argument("--pad", type=int, default=0, help="files to slow the erase down with")
+    parser = racing_attack_arguments()
     parser.add_argument("--folder-target", required=True)
     parser.add_argument("--file-target", required=True)
     parser.add_argument("--folder", action="append", default=[])
