@@ -401,29 +401,40 @@ def copy_skeleton(home: int, skeleton: Path) -> int:
     """
     count = 0
     pending: list[tuple[Path, int]] = [(skeleton, os.dup(home))]
-    while pending:
-        source, target = pending.pop()
-        try:
-            with as_daemon():
-                entries = sorted(os.scandir(source), key=lambda e: e.name)
-            for entry in entries:
-                with as_daemon():
-                    st = entry.stat(follow_symlinks=False)
-                    link = os.readlink(entry.path) if stat.S_ISLNK(st.st_mode) else None
-                if link is not None:
-                    os.symlink(link, entry.name, dir_fd=target)
-                elif stat.S_ISDIR(st.st_mode):
-                    os.mkdir(entry.name, 0o700, dir_fd=target)
-                    inner = os.open(entry.name, DIR_FLAGS, dir_fd=target)
-                    os.fchmod(inner, stat.S_IMODE(st.st_mode))
-                    pending.append((Path(entry.path), inner))
-                elif stat.S_ISREG(st.st_mode):
-                    _copy_file(entry.path, target, entry.name, stat.S_IMODE(st.st_mode))
-                else:
-                    continue  # a FIFO or device in /etc/skel is not copied into homes
-                count += 1
-        finally:
+    try:
+        while pending:
+            count += _copy_folder(*pending.pop(), pending)
+    finally:  # a failure leaves no descriptor open
+        for _, target in pending:
             os.close(target)
+    return count
+
+
+def _copy_folder(source: Path, target: int, pending: list[tuple[Path, int]]) -> int:
+    """Copy `source`'s entries into the open folder `target` (closed at the end); its
+    sub-folders are made and added to `pending`. Returns how many entries were copied."""
+    count = 0
+    try:
+        with as_daemon():
+            entries = sorted(os.scandir(source), key=lambda e: e.name)
+        for entry in entries:
+            with as_daemon():
+                st = entry.stat(follow_symlinks=False)
+                link = os.readlink(entry.path) if stat.S_ISLNK(st.st_mode) else None
+            if link is not None:
+                os.symlink(link, entry.name, dir_fd=target)
+            elif stat.S_ISDIR(st.st_mode):
+                os.mkdir(entry.name, 0o700, dir_fd=target)
+                inner = os.open(entry.name, DIR_FLAGS, dir_fd=target)
+                os.fchmod(inner, stat.S_IMODE(st.st_mode))
+                pending.append((Path(entry.path), inner))
+            elif stat.S_ISREG(st.st_mode):
+                _copy_file(entry.path, target, entry.name, stat.S_IMODE(st.st_mode))
+            else:
+                continue  # a FIFO or device in /etc/skel is not copied into homes
+            count += 1
+    finally:
+        os.close(target)
     return count
 
 
