@@ -6,14 +6,17 @@ mail with a real client, look at the homes, the queue and what the stand-ins rec
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
 import signal
 import smtplib
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -61,6 +64,25 @@ def send_legacy(port: int, data: bytes, read_first_byte: bool = True, timeout: f
         if read_first_byte:
             return sock.recv(1)
     return b""
+
+
+def readable_by_students(folder: Path) -> Path:
+    """A copy of `folder` that any account can read: programs run as a student cannot read
+    them in the checkout when it lies in a private folder (a clone in `mktemp -d`, 0700).
+    Made once per folder and test run in a root-owned 0755 folder of /var/tmp, removed at exit."""
+    if folder not in _READABLE:
+        scratch = Path(tempfile.mkdtemp(prefix="wodmail-programs-", dir="/var/tmp"))
+        scratch.chmod(0o755)
+        copy = scratch / folder.name
+        shutil.copytree(folder, copy)
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        _READABLE[folder] = copy
+    return _READABLE[folder]
+
+
+_READABLE: dict[Path, Path] = {}
 
 
 def wodmail(site: Site, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

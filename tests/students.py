@@ -31,9 +31,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DATA, SAMPLES, Daemon, Site
+from tests.conftest import DATA, SAMPLES, Daemon, Site, readable_by_students
 
-ATTACKS = DATA / "attacks"
+ATTACKS = readable_by_students(DATA / "attacks")
 PYTHON = "/usr/bin/python3"  # what a student can run (the project's venv may not be readable)
 REAPER = ATTACKS / "reaper.py"
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA
+from tests.conftest import DATA, readable_by_students
 from wodmail.errors import ConfigError
 from wodmail.homes import Homes
 from wodmail.workshop import MAX_NOTEBOOK_BYTES, completion_percentage
 
-ATTACKS = DATA / "keeper"
+ATTACKS = readable_by_students(DATA / "keeper")
 A, B = 1951, 1952
 
 
