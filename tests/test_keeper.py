@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import DATA, readable_by_students
 from wodmail.errors import ConfigError
 from wodmail.homes import Homes
+from wodmail.proctable import ProcessWatch, processes_of
 from wodmail.workshop import MAX_NOTEBOOK_BYTES, completion_percentage
 
 ATTACKS = readable_by_students(DATA / "keeper")
@@ -238,3 +239,78 @@ def test_the_keeper_imports_nothing_from_the_folder_it_was_started_in(tmp_path: 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(0, 0)"
     assert not marker.exists(), "the keeper imported a module from its working folder"
+
+
+async def test_a_process_whose_leader_left_is_still_ended(
+    homes: Homes, accounts: tuple[pwd.struct_passwd, pwd.struct_passwd]
+) -> None:
+    """The main thread exits alone: the process shows as a zombie in /proc while a thread of
+    it runs on. It is the student's process all the same, and it is ended."""
+    a, _ = accounts
+    ready = Path(tempfile.mkdtemp(dir="/var/tmp")) / "ready"
+    ready.parent.chmod(0o777)
+    headless = as_student(a, "/usr/bin/python3", str(ATTACKS / "headless.py"), env={"READY": str(ready)})
+    try:
+        assert wait_for(ready), "the headless program did not start"
+        assert b"zombie" in Path(f"/proc/{headless.pid}/status").read_bytes(), "the leader did not leave"
+        assert await homes.end_processes(A) == "processes ended"
+        headless.wait(timeout=5)
+    finally:
+        end(headless, ready.parent)
+
+
+def settled(pids: list[int]) -> bool:
+    """The storm is over: only its three sleepers are left."""
+    names = []
+    for pid in pids:
+        try:
+            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        except OSError:
+            return False
+    return names == ["sleep"] * 3
+
+
+def test_the_kernels_process_events_keep_the_keepers_table_true(
+    accounts: tuple[pwd.struct_passwd, pwd.struct_passwd],
+) -> None:
+    """Thousands of short processes, daemons that double-fork and a set-user-ID switch, as
+    the student, against a watch whose buffer is too small to keep up: once the storm is
+    over, the watch names exactly the processes a fresh look at /proc finds."""
+    a, b = accounts
+    for buffer in (8 << 20, 4096):
+        watch = ProcessWatch(receive_buffer=buffer)
+        try:
+            assert watch.following, "this kernel delivers no process events to root"
+            watch.table()
+            storm = as_student(
+                a,
+                "/bin/sh",
+                "-c",
+                "for i in $(seq 1 1500); do /bin/true & done; (sleep 30 &); (setsid sleep 30 &); wait; exec sleep 30",
+            )
+            moved = subprocess.Popen(  # root, then B's uids through setresuid: an id change, not a fork
+                [
+                    "/usr/bin/python3",
+                    "-c",
+                    f"import os, time; os.setresuid({b.pw_uid}, {b.pw_uid}, {b.pw_uid}); time.sleep(30)",
+                ]
+            )
+            try:
+                deadline = time.monotonic() + 30
+                while not settled(processes_of(a.pw_uid, None)) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                for uid in (a.pw_uid, b.pw_uid):
+                    seen, found = sorted(processes_of(uid, None, watch.table())), sorted(processes_of(uid, None))
+                    differ = sorted(set(seen) ^ set(found))[:10]
+                    assert seen == found and found, (
+                        f"buffer {buffer}: uid {uid}: {len(seen)} seen, {len(found)} found: {differ}"
+                    )
+            finally:
+                subprocess.run(["pkill", "-KILL", "-U", str(a.pw_uid)], check=False)
+                moved.kill()
+                moved.wait()
+                storm.wait()
+            time.sleep(0.2)
+            assert processes_of(a.pw_uid, None, watch.table()) == [], "the watch kept processes that ended"
+        finally:
+            watch.close()

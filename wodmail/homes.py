@@ -97,7 +97,7 @@ class Homes:
         self.skel_dir = skel_dir
         self._owner = owner
         self.mode = mode
-        self._accounts: dict[int, tuple[float, Identity | None]] = {}
+        self._accounts: dict[int, tuple[float, Identity | None, bool]] = {}  # expiry, account, own group
         self.filesystem = filesystem_of(self.student_dir)
         self.threaded = self.filesystem in NETWORK_FILESYSTEMS or self.filesystem.startswith("fuse")
         self.trash = self.student_dir / TRASH
@@ -149,27 +149,33 @@ class Homes:
         return Identity(int(uid), int(gid))
 
     def _account(self, stdid: int) -> Identity | None:
-        """The uid and gid of the host account student{stdid}, if there is one.
+        """The uid and gid of the host account student{stdid}, if there is one."""
+        return self._account_entry(stdid)[0]
+
+    def _account_entry(self, stdid: int) -> tuple[Identity | None, bool]:
+        """The host account student{stdid} (or None), and whether its group is its own.
 
         Asked of the system (NSS: files, systemd, sssd...) at most once per ACCOUNT_TTL
-        seconds per student: one lookup walks a dozen userdb folders (110 us here), and a
-        job asks several times within milliseconds.
+        seconds per student: one lookup walks a dozen userdb folders (110 us here) or a
+        long /etc/passwd, and a job asks several times within milliseconds.
         """
         now = time.monotonic()
         known = self._accounts.get(stdid)
         if known is not None and known[0] > now:
-            return known[1]
+            return known[1], known[2]
+        name = f"student{stdid}"
         try:
-            entry = pwd.getpwnam(f"student{stdid}")
+            entry = pwd.getpwnam(name)
             account: Identity | None = Identity(entry.pw_uid, entry.pw_gid)
         except KeyError:
             account = None
         if account is not None and account.uid in (0, os.geteuid()):
-            raise StepFailed(f"the host account student{stdid} has uid {account.uid}: refusing to act as it")
+            raise StepFailed(f"the host account {name} has uid {account.uid}: refusing to act as it")
+        own_group = account is not None and _is_own_group(account.gid, name)
         if len(self._accounts) >= 10_000:
             self._accounts.clear()
-        self._accounts[stdid] = (now + ACCOUNT_TTL, account)
-        return account
+        self._accounts[stdid] = (now + ACCOUNT_TTL, account, own_group)
+        return account, own_group
 
     # ------------------------------------------------------------------- root's part
 
@@ -249,14 +255,13 @@ class Homes:
         """End every process of the host account student{stdid}, if there is one, and (with
         `leftovers`) remove what it left outside its home (shared temporary folders, IPC,
         crontab, at, linger)."""
-        account = self._account(int(stdid))
+        account, group_too = self._account_entry(int(stdid))
         if account is None:
             return "no host account"
         if not can_switch():
             return f"not root: the processes of student{stdid} are left running"
         try:
             name = f"student{stdid}"
-            group_too = _is_own_group(account.gid, name)
             ended, left = await self.keeper.end_processes(
                 account.uid, account.gid, grace, group_too, name if leftovers else ""
             )

@@ -7,8 +7,9 @@ run inside it.
   a second account included), gets SIGTERM, a grace period, then kill(-1, SIGKILL) from a
   child forked as the student (one pass of the kernel's task list, during which no fork
   completes: a fork bomb cannot outrun it), then SIGSTOP and SIGKILL from root to whatever
-  is still found, until nothing is. With nothing running (the common case) it costs one
-  scan of /proc and no fork.
+  is still found, until nothing is. Who runs what comes from a table the kernel's process
+  events keep current (wodmail.proctable): with nothing running (the common case) a
+  request costs a look-up, no scan of /proc, no fork, no thread.
 - **Emptying the trash.** An erased home is renamed by the jobs process into
   STUDENTDIR/.wodmail-trash (root's, mode 0700: no student reaches it by any name) and a
   fresh home is made at once. The keeper then empties the trash in a thread of its own, as
@@ -44,6 +45,7 @@ from typing import Any
 
 from wodmail.erase import DIR_FLAGS, erase_contents, remove_entry
 from wodmail.identity import Identity, acting_as
+from wodmail.proctable import ProcessWatch, processes_of
 
 log = logging.getLogger(__name__)
 
@@ -53,49 +55,6 @@ END_BOUND = 10.0
 
 
 # --------------------------------------------------------------------------- in the keeper
-
-
-def processes_of(uid: int, gid: int | None) -> list[int]:
-    """The processes (not zombies: a zombie runs nothing) any of whose user ids (real,
-    effective, saved, filesystem) is `uid`, or, with `gid`, any of whose group ids is `gid`.
-
-    All four, not just the real one: a program the student made set-user-ID (or
-    set-group-ID) and a second account ran has the student's effective ids and another's
-    real ones; kill(-1) from the student does not reach it and a count of the student's
-    tasks does not see it. Read from /proc as root.
-    """
-    found = []
-    me = os.getpid()
-    wanted_uid = str(uid).encode()
-    wanted_gid = str(gid).encode() if gid is not None else None
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:  # os.open/os.read: a third of the cost of a file object, for the ~70 processes of a host
-            fd = os.open(f"/proc/{name}/status", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                text = os.read(fd, 1536)
-            finally:
-                os.close(fd)
-        except OSError:
-            continue
-        uids = _field(text, b"\nUid:")
-        gids = _field(text, b"\nGid:") if wanted_gid is not None else []
-        if (wanted_uid in uids or wanted_gid in gids) and b"(zombie)" not in _line(text, b"\nState:"):
-            found.append(int(name))
-    return found
-
-
-def _line(text: bytes, label: bytes) -> bytes:
-    start = text.find(label)
-    if start < 0:
-        return b""
-    end = text.find(b"\n", start + 1)
-    return text[start + len(label) : end if end > 0 else None]
-
-
-def _field(text: bytes, label: bytes) -> list[bytes]:
-    return _line(text, label).split()
 
 
 def _signal_all(pids: list[int], signum: int) -> None:
@@ -138,19 +97,20 @@ def _kill_all_as(uid: int, gid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def end_processes(uid: int, gid: int, grace: float, group_too: bool = False) -> int:
+def end_processes(uid: int, gid: int, grace: float, group_too: bool = False, found: list[int] | None = None) -> int:
     """End every process of `uid` (and of the group `gid` when `group_too`: the student's own
     group); 0 if none was running, 1 if some were ended.
 
     Run as root: SIGTERM to each, `grace` seconds to go, then kill(-1) from a child running
     as the student, then, as root, SIGSTOP and SIGKILL to whatever is still found (the
     student can signal neither the keeper nor root's signals away), until none is left or
-    END_BOUND has passed.
+    END_BOUND has passed. `found`: what a look at /proc just found, if one was taken.
     """
     if uid == 0 or (group_too and gid == 0):
         raise ValueError("refusing to end the processes of root")
     group = gid if group_too else None
-    found = processes_of(uid, group)
+    if found is None:
+        found = processes_of(uid, group)
     if not found:
         return 0
     _signal_all(found, signal.SIGTERM)
@@ -177,49 +137,66 @@ _AT_JOBS = "/var/spool/cron/atjobs"
 _IPC_RMID = 0
 
 
-def clear_leftovers(uid: int, gid: int, name: str) -> int:
-    """Remove what `name` (uid) left outside the home for the next person with that uid:
-    files in the shared temporary folders (as the student), System V IPC objects, a
-    crontab, `at` jobs, systemd lingering. Run once their processes have ended. Returns
-    how many things were removed."""
-    removed = 0
-    with acting_as(Identity(uid, gid)):
-        for shared in SHARED_TEMP:
-            try:
-                folder = os.open(shared, DIR_FLAGS)
-            except OSError:
-                continue
-            try:
-                for entry in os.scandir(folder):
+#: An account whose leftovers are cleared: uid, gid, name.
+Account = tuple[int, int, str]
+
+
+def clear_leftovers(accounts: list[Account]) -> list[int]:
+    """Remove what each account left outside its home for the next person with that uid:
+    files in the shared temporary folders (each removed as its student), System V IPC
+    objects, a crontab, `at` jobs, systemd lingering. Run once their processes have ended.
+    One pass over each folder and table serves every account of a batch. Returns how many
+    things were removed, account by account."""
+    index = {uid: number for number, (uid, _, _) in enumerate(accounts)}
+    removed = [0] * len(accounts)
+    for shared in SHARED_TEMP:
+        try:
+            folder = os.open(shared, DIR_FLAGS)
+        except OSError:
+            continue
+        try:
+            for entry in os.scandir(folder):
+                with contextlib.suppress(OSError):
+                    number = index.get(entry.stat(follow_symlinks=False).st_uid)
+                    if number is None:
+                        continue
+                    uid, gid, name = accounts[number]
                     try:
-                        if entry.stat(follow_symlinks=False).st_uid == uid:
+                        with acting_as(Identity(uid, gid)):
                             remove_entry(folder, entry.name)
-                            removed += 1
+                        removed[number] += 1
                     except OSError as exc:
                         log.warning("cannot remove %s/%s of %s: %s", shared, entry.name, name, exc.strerror)
-            finally:
-                os.close(folder)
-    for pattern in _COMEBACKS:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(pattern.format(name=name))
-            removed += 1
+        finally:
+            os.close(folder)
+    for number, (_, _, name) in enumerate(accounts):
+        for pattern in _COMEBACKS:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pattern.format(name=name))
+                removed[number] += 1
     with contextlib.suppress(OSError):
         for entry in os.scandir(_AT_JOBS):
-            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == uid:
-                os.unlink(entry.path)
-                removed += 1
-    return removed + _remove_ipc(uid)
+            if entry.is_file(follow_symlinks=False):
+                number = index.get(entry.stat(follow_symlinks=False).st_uid)
+                if number is not None:
+                    os.unlink(entry.path)
+                    removed[number] += 1
+    for uid, count in _remove_ipc(set(index)).items():
+        removed[index[uid]] += count
+    return removed
 
 
-def _remove_ipc(uid: int) -> int:
-    """Remove the System V shared memory, message queues and semaphores owned or made by uid."""
+def _remove_ipc(uids: set[int]) -> dict[int, int]:
+    """Remove the System V shared memory, message queues and semaphores owned or made by
+    any of `uids`; how many, by uid."""
     libc = ctypes.CDLL(None, use_errno=True)
     removers: dict[str, Callable[[int], int]] = {
         "shm": lambda ident: int(libc.shmctl(ident, _IPC_RMID, None)),
         "msg": lambda ident: int(libc.msgctl(ident, _IPC_RMID, None)),
         "sem": lambda ident: int(libc.semctl(ident, 0, _IPC_RMID)),
     }
-    removed = 0
+    wanted = {str(uid): uid for uid in uids}
+    removed: dict[int, int] = {}
     for kind, remove in removers.items():
         try:
             with open(f"/proc/sysvipc/{kind}") as table:
@@ -229,11 +206,9 @@ def _remove_ipc(uid: int) -> int:
         columns = header.split()
         for row in rows:
             fields = dict(zip(columns, row.split(), strict=False))
-            if (
-                str(uid) in (fields.get("uid"), fields.get("cuid"))
-                and remove(int(row.split()[1])) == 0  # the second column: shmid, msqid, semid
-            ):
-                removed += 1
+            owner = wanted.get(fields.get("uid", ""), wanted.get(fields.get("cuid", "")))
+            if owner is not None and remove(int(row.split()[1])) == 0:  # the second column: shmid, msqid, semid
+                removed[owner] = removed.get(owner, 0) + 1
     return removed
 
 
@@ -312,6 +287,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s keeper %(levelname)s %(message)s")
     emptier = TrashEmptier(Path(argv[0]))
     emptier.start()
+    watch = ProcessWatch()
     lock = threading.Lock()
 
     def answer(reply: dict[str, Any]) -> None:
@@ -319,25 +295,52 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(json.dumps(reply) + "\n")
             sys.stdout.flush()
 
-    def end(request: dict[str, Any]) -> None:
+    def end(request: dict[str, Any], found: list[int]) -> None:
         try:
-            uid, gid = int(request["uid"]), int(request["gid"])
-            ended = end_processes(uid, gid, float(request["grace"]), bool(request.get("group")))
-            left = clear_leftovers(uid, gid, str(request["name"])) if request.get("name") else 0
+            uid, gid, name = int(request["uid"]), int(request["gid"]), str(request.get("name") or "")
+            ended = end_processes(uid, gid, float(request["grace"]), bool(request.get("group")), found)
+            left = clear_leftovers([(uid, gid, name)])[0] if name else 0
             answer({"id": request["id"], "ended": ended, "left": left})
         except (OSError, ValueError) as exc:
             answer({"id": request["id"], "error": str(exc)})
 
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request["op"] == "end":
-            group = int(request["gid"]) if request.get("group") else None
-            if not request.get("name") and not processes_of(int(request["uid"]), group):
-                answer({"id": request["id"], "ended": 0, "left": 0})  # the common case: no thread
-            else:
-                threading.Thread(target=end, args=(request,), daemon=True).start()
-        elif request["op"] == "trash":
+    def clear(requests: list[dict[str, Any]]) -> None:
+        try:
+            counts = clear_leftovers([(int(r["uid"]), int(r["gid"]), str(r["name"])) for r in requests])
+        except OSError as exc:
+            for request in requests:
+                answer({"id": request["id"], "error": str(exc)})
+            return
+        for request, left in zip(requests, counts, strict=True):
+            answer({"id": request["id"], "ended": 0, "left": left})
+
+    def serve(batch: list[dict[str, Any]]) -> None:
+        """The requests that arrived together: one look at the process table for all. Those
+        with nothing running and nothing to clear (CREATE's) are answered at once, those
+        with only leftovers to clear share a thread, each with processes gets its own."""
+        if any(request["op"] == "trash" for request in batch):
             emptier.wanted.set()
+        ends = [request for request in batch if request["op"] == "end"]
+        if not ends:
+            return
+        table = watch.table()
+        quiet = []
+        for request in ends:
+            group = int(request["gid"]) if request.get("group") else None
+            found = processes_of(int(request["uid"]), group, table)
+            if found:
+                threading.Thread(target=end, args=(request, found), daemon=True).start()
+            elif request.get("name"):
+                quiet.append(request)
+            else:
+                answer({"id": request["id"], "ended": 0, "left": 0})
+        if quiet:
+            threading.Thread(target=clear, args=(quiet,), daemon=True).start()
+
+    pending = b""
+    while chunk := os.read(sys.stdin.fileno(), 1 << 16):  # all that arrived together is one batch
+        *lines, pending = (pending + chunk).split(b"\n")
+        serve([json.loads(line) for line in lines if line.strip()])
     return 0
 
 
