@@ -272,6 +272,7 @@ def small_disk(tmp_path: Path):
 def test_a_full_disk_answers_451_never_250(site: Site, small_disk: Path, daemon_factory) -> None:
     site.state_dir = small_disk / "state"
     site.values["STATEDIR"] = str(site.state_dir)
+    site.values["FREESPACEFLOOR"] = 0  # a 2 MiB disk: no floor, the writes themselves fail (ENOSPC)
     daemon = daemon_factory()
     filler = small_disk / "filler"
     with open(filler, "wb") as out:

@@ -381,14 +381,17 @@ def test_send_without_a_reachable_door_says_try_later(site: Site) -> None:
     assert f"cannot submit to 127.0.0.1:{site.smtp_port}".encode() in result.stderr
 
 
-def test_no_nonce_table_until_a_signed_command(site: Site) -> None:
-    """The table is made by the intake through the writer, not by queue.py's schema."""
+def test_the_nonce_table_is_part_of_the_versioned_schema(site: Site) -> None:
+    """Made with the rest of the schema (it used to be made inside each signed command's
+    transaction), at the schema's last version."""
     with_keys(site, KEY_ONE)
     location = load_location(site.write())
     path = queue.open_database(location.state_dir)
     with sqlite3.connect(path) as conn:
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    assert "signature_nonces" not in names
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    assert "signature_nonces" in names
+    assert version == len(queue.MIGRATIONS)
     assert os.stat(location.state_dir).st_mode & 0o777 == 0o700
     assert compose(location, "PURGE", ["7", "c7"], workshop=None).key_id == key_id(KEY_ONE.encode())
 

@@ -105,9 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     refused = sub.add_parser("refused", help="mails refused at the doors")
     refused.add_argument("--limit", type=int, default=30)
     refused_sub = refused.add_subparsers(dest="refused_command")
-    refused_show = refused_sub.add_parser("show", help="one refused mail, whole")
+    refused_show = refused_sub.add_parser("show", help="one refused mail: why, and its first 4 KiB")
     refused_show.add_argument("refused_id", type=int)
     refused.set_defaults(handler=cmd_refused)
+
+    prune = sub.add_parser("prune", help="forget done jobs and refused mails older than the location keeps them")
+    prune.add_argument("--job-days", type=float, help="done jobs older than this many days (default: JOBKEEPDAYS)")
+    prune.add_argument(
+        "--refused-days", type=float, help="refused mails older than this many days (default: REFUSEDKEEPDAYS)"
+    )
+    prune.set_defaults(handler=cmd_prune)
 
     outbox = sub.add_parser("outbox", help="callbacks not yet delivered")
     outbox.set_defaults(handler=cmd_outbox)
@@ -239,7 +246,7 @@ def cmd_deliver(location: Location, args: argparse.Namespace) -> int:
     mail = InboundMail(door="deliver", peer=None, mail_from=sender, data=data)
     try:
         db_path = queue.open_database(location.state_dir)
-        writer = queue.Writer(db_path)
+        writer = queue.Writer(db_path, floor=location.free_space_floor)
     except (OSError, sqlite3.Error, TryLater) as exc:
         print(f"wodmail deliver: cannot open the queue: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
@@ -276,9 +283,9 @@ def cmd_jobs(location: Location, args: argparse.Namespace) -> int:
     counts = queue.job_counts(conn)
     states = ("queued", "running", "done", "failed", "held")
     print("jobs: " + ", ".join(f"{counts.get(state, 0)} {state}" for state in states))
-    waiting = conn.execute("SELECT id, received FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1").fetchone()
+    waiting = queue.oldest_waiting(conn)
     if waiting:
-        print(f"oldest waiting: job {waiting[0]}, queued {time.time() - waiting[1]:.0f} s ago")
+        print(f"oldest waiting: job {waiting.id}, queued {time.time() - waiting.received:.0f} s ago")
     print(f"{'ID':>6}  {'STATE':8} {'VERB':8} {'STUDENT':14} {'WORKSHOP':22} {'RECEIVED':19}  OUTCOME / ERROR")
     for job in queue.list_jobs(conn, args.state, args.limit):
         command = job.command
@@ -355,6 +362,24 @@ def cmd_retry(location: Location, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(location: Location, args: argparse.Namespace) -> int:
+    path = location.state_dir / "queue.sqlite3"
+    if not path.exists():
+        raise ConfigError(location.state_dir, "STATEDIR", "holds no queue yet")
+    job_days = location.job_keep_days if args.job_days is None else args.job_days
+    refused_days = location.refused_keep_days if args.refused_days is None else args.refused_days
+    writer = queue.Writer(path)
+    try:
+        jobs, refused = queue.prune_old(writer, job_days, refused_days)
+    finally:
+        writer.close()
+    print(
+        f"forgot {jobs} done jobs older than {job_days:g} days"
+        f" and {refused} refused mails older than {refused_days:g} days"
+    )
+    return 0
+
+
 def cmd_refused(location: Location, args: argparse.Namespace) -> int:
     conn = reader(location)
     if args.refused_command == "show":
@@ -364,7 +389,11 @@ def cmd_refused(location: Location, args: argparse.Namespace) -> int:
             return EX_DATAERR
         rid, received, door, peer, sender, code, reason, size, mail = row
         print(f"refused mail {rid}: {code} {reason}")
-        print(f"  received {when(received)} by {door} from {origin(door, peer)}, sender {sender or '<>'}, {size} bytes")
+        kept = f" (the first {len(mail)} kept)" if len(mail) < size else ""
+        print(
+            f"  received {when(received)} by {door} from {origin(door, peer)}, sender {sender or '<>'},"
+            f" {size} bytes{kept}"
+        )
         print("-" * 60)
         sys.stdout.write(bytes(mail).decode("utf-8", "replace"))
         print()
@@ -379,10 +408,7 @@ def cmd_outbox(location: Location, args: argparse.Namespace) -> int:
     conn = reader(location)
     counts = queue.outbox_counts(conn)
     print("callbacks: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "delivered", "failed")))
-    rows = conn.execute(
-        f"SELECT {queue.OUTBOX_COLUMNS} FROM outbox WHERE state != 'delivered' ORDER BY id LIMIT 200"
-    ).fetchall()
-    for entry in map(queue.outbox_from_row, rows):
+    for entry in queue.undelivered_callbacks(conn, 200):
         body = dict(entry.body)
         if entry.secret_field:
             body[entry.secret_field] = "********"

@@ -103,7 +103,7 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
         idle_timeout=seconds(location, "LEGACYIDLETIMEOUT", 10),
         total_timeout=seconds(location, "LEGACYSESSIONTIMEOUT", 60),
     )
-    writer = queue.Writer(db_path)
+    writer = queue.Writer(db_path, floor=location.free_space_floor)
     jobs = JobsProcess(location, keep_fds=(lock_fd,))
     host_peers = HostPeers()
     try:

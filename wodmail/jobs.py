@@ -24,11 +24,13 @@ import ctypes
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
 from wodmail import faults, queue
 from wodmail.erase import DIR_FLAGS, erase_contents
+from wodmail.errors import TryLater
 from wodmail.location import Location
 from wodmail.passwords import PasswordMint
 from wodmail.regapp import Outbox
@@ -39,6 +41,8 @@ from wodmail.worker import Worker
 log = logging.getLogger(__name__)
 
 STOP_GRACE = 20.0
+#: How often the jobs process forgets what is older than the location keeps (seconds).
+TIDY_INTERVAL = 3600.0
 PR_SET_PDEATHSIG = 1
 
 
@@ -115,6 +119,7 @@ async def run_jobs(location: Location, wake_fd: int) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         tasks = [asyncio.create_task(worker.run(), name="worker")]
+        tasks.append(asyncio.create_task(keep_tidy(writer, location), name="retention"))
         if outbox is not None:
             tasks.append(asyncio.create_task(outbox.run(), name="outbox"))
         log.info("jobs process ready (%d workers); %s", location.workers, services.homes.describe())
@@ -163,6 +168,28 @@ def clear_hook_runs(run_dir: Path) -> None:
         os.close(folder)
     if removed:
         log.warning("removed what hooks of an earlier run left in %s: %d entries", run_dir, removed)
+
+
+async def keep_tidy(writer: queue.Writer, location: Location) -> None:
+    """Every TIDY_INTERVAL (first a minute after the start): forget the done jobs and the
+    refused mails older than the location keeps them."""
+    await asyncio.sleep(60)
+    while True:
+        try:
+            jobs, refused = await asyncio.to_thread(
+                queue.prune_old, writer, location.job_keep_days, location.refused_keep_days
+            )
+            if jobs or refused:
+                log.info(
+                    "forgot %d done jobs older than %d days and %d refused mails older than %d days",
+                    jobs,
+                    location.job_keep_days,
+                    refused,
+                    location.refused_keep_days,
+                )
+        except (TryLater, sqlite3.Error) as exc:
+            log.warning("cannot forget old jobs and refused mails now: %s", exc)
+        await asyncio.sleep(TIDY_INTERVAL)
 
 
 class JobsProcess:

@@ -222,6 +222,13 @@ class Location:
     """VARPRIVDIR: the private variable files; a key there overrides VARDIR's."""
     vault_password: str | None = field(default=None, repr=False)
     """VAULTPWD: decrypts the ansible-vault values of the variable files."""
+    job_keep_days: int = 30
+    """JOBKEEPDAYS: done jobs (all their callbacks delivered) are kept this many days."""
+    refused_keep_days: int = 7
+    """REFUSEDKEEPDAYS: refused mails are kept this many days (and capped in number)."""
+    free_space_floor: int = 64 << 20
+    """FREESPACEFLOOR (MiB; bytes here): below this much free space on STATEDIR's
+    filesystem the doors answer 451 before writing anything."""
     local_peer_uids: frozenset[int] = frozenset({0})
     """LOCALPEERUSERS: whose connections from this host (loopback, the host's own addresses)
     count as coming from their address; default root and the user wodmail runs as. Anyone
@@ -742,6 +749,10 @@ def _build(path: Path, values: dict[str, object], hidden: set[str]) -> Location:
     base_stdid = keys.integer("BASESTDID", 0, 0, None)
     workers = keys.integer("WORKERS", 8, 1, 256)
     max_message_size = keys.integer("MAXMESSAGESIZE", 65536, 1, None)
+    job_keep_days = keys.integer("JOBKEEPDAYS", 30, 1, 36500)
+    refused_keep_days = keys.integer("REFUSEDKEEPDAYS", 7, 1, 36500)
+    free_space_floor = keys.integer("FREESPACEFLOOR", 64, 0, None)
+    assert job_keep_days is not None and refused_keep_days is not None and free_space_floor is not None
     assert base_stdid is not None and workers is not None and max_message_size is not None
 
     legacy = keys.networks("LEGACYPEERS", allow_local=False)
@@ -832,6 +843,9 @@ def _build(path: Path, values: dict[str, object], hidden: set[str]) -> Location:
         var_priv_dir=var_priv_dir,
         vault_password=vault_password,
         local_peer_uids=local_peer_uids,
+        job_keep_days=job_keep_days,
+        refused_keep_days=refused_keep_days,
+        free_space_floor=free_space_floor << 20,
     )
 
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from wodmail import queue
 from wodmail.command import SIGNATURE_HEADER, Command, MailFields
 from wodmail.errors import ConfigError, NotPermitted
 from wodmail.location import Location
@@ -64,16 +65,6 @@ _TS_RE = re.compile(r"[0-9]{1,12}")
 _SIG_RE = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("key", "ts", "nonce", "sig")
 _REFERENCE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-
-NONCE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS signature_nonces (
-    nonce      TEXT    PRIMARY KEY,
-    key_id     TEXT    NOT NULL,
-    signed     INTEGER NOT NULL,
-    job_id     INTEGER
-);
-CREATE INDEX IF NOT EXISTS signature_nonces_signed ON signature_nonces (signed);
-"""
 
 
 def key_id(secret: bytes) -> str:
@@ -264,29 +255,16 @@ class Signatures:
         the same transaction; a used nonce raises `NotPermitted` and nothing is stored."""
 
         def run(conn: sqlite3.Connection) -> Any:
-            self._ensure_schema(conn)
-            conn.execute("DELETE FROM signature_nonces WHERE signed < ?", (time.time() - self.window - NONCE_MARGIN,))
-            row = conn.execute("SELECT job_id FROM signature_nonces WHERE nonce = ?", (verified.nonce,)).fetchone()
+            queue.forget_nonces_before(conn, time.time() - self.window - NONCE_MARGIN)
+            row = queue.find_nonce(conn, verified.nonce)
             if row is not None:
                 used = f" (by job {row[0]})" if row[0] is not None else ""
                 raise NotPermitted(f"signature replayed: its nonce was already used{used}")
             result = store(conn)
-            job_id = getattr(result, "job_id", None)
-            conn.execute(
-                "INSERT INTO signature_nonces (nonce, key_id, signed, job_id) VALUES (?, ?, ?, ?)",
-                (verified.nonce, verified.key_id, verified.timestamp, job_id),
-            )
+            queue.use_nonce(conn, verified.nonce, verified.key_id, verified.timestamp, getattr(result, "job_id", None))
             return result
 
         return run
-
-    @staticmethod
-    def _ensure_schema(conn: sqlite3.Connection) -> None:
-        # Every time (a no-op once the table exists): made inside a transaction that is then
-        # rolled back, a table remembered as made would be missing.
-        for statement in NONCE_SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
 
 
 # --- SIGNINGKEYS never in clear -----------------------------------------------------------

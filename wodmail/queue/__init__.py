@@ -1,0 +1,149 @@
+"""The durable queue: jobs, their steps, the callback outbox and refused mails, in SQLite.
+
+One database file under STATEDIR, in WAL mode with `synchronous=FULL`: a transaction is
+on disk (fsync'd) when COMMIT returns. Every write goes through one `Writer` thread that
+commits whatever is waiting as one transaction (group commit): a burst of a thousand
+mails costs a few dozen fsyncs, not a thousand, and nothing is answered before its
+commit returned.
+
+Job states:
+
+    queued ──claim──▶ running ──▶ done
+       ▲                 │  └───▶ failed   (a step failed for good, or retries ran out)
+       └─── backoff ─────┘  └───▶ held     (interrupted MAX_CRASHES times: set aside)
+
+`wodmail retry ID` puts a failed or held job back to queued; it resumes after its last
+finished step.
+
+The package, one concern a module (the rest of wodmail uses the names below as
+`queue.NAME`):
+
+- `schema`: the file, its settings (WAL, synchronous=FULL) and its versioned schema;
+- `writer`: the group-committing writer thread;
+- `writes`: every change, as a function of a connection run inside a transaction;
+- `queries`: every read;
+- `retention`: forgetting what is old;
+- `records`: the rows as objects (Job, Step, OutboxEntry, Callback).
+
+No SQL lives outside this package.
+"""
+
+from __future__ import annotations
+
+from wodmail.queue.queries import (
+    callbacks_of,
+    get_job,
+    get_refused,
+    job_counts,
+    list_jobs,
+    list_refused,
+    oldest_waiting,
+    open_jobs,
+    outbox_counts,
+    pending_callback_ids,
+    pending_callbacks,
+    steps_of,
+    undelivered_callbacks,
+)
+from wodmail.queue.records import (
+    JOB_COLUMNS,
+    OUTBOX_COLUMNS,
+    Callback,
+    Enqueued,
+    Job,
+    OutboxEntry,
+    Step,
+    job_from_row,
+    outbox_from_row,
+)
+from wodmail.queue.retention import prune_old
+from wodmail.queue.schema import (
+    LOCK_WAIT,
+    MIGRATIONS,
+    checkpoint,
+    connect,
+    migrate,
+    open_database,
+)
+from wodmail.queue.writer import (
+    Writer,
+)
+from wodmail.queue.writes import (
+    MAX_CRASHES,
+    PRUNE_BATCH,
+    REFUSED_MAIL_LIMIT,
+    REFUSED_PER_PEER,
+    REFUSED_TOTAL,
+    claim,
+    enqueue,
+    find_duplicate,
+    find_nonce,
+    finish,
+    forget_nonces_before,
+    outbox_delivered,
+    outbox_failed,
+    postpone,
+    prune,
+    record_refusal,
+    recover,
+    requeue_stopped,
+    retry,
+    step_done,
+    step_failed,
+    use_nonce,
+)
+
+__all__ = [
+    "JOB_COLUMNS",
+    "LOCK_WAIT",
+    "MAX_CRASHES",
+    "MIGRATIONS",
+    "OUTBOX_COLUMNS",
+    "PRUNE_BATCH",
+    "REFUSED_MAIL_LIMIT",
+    "REFUSED_PER_PEER",
+    "REFUSED_TOTAL",
+    "Callback",
+    "Enqueued",
+    "Job",
+    "OutboxEntry",
+    "Step",
+    "Writer",
+    "callbacks_of",
+    "checkpoint",
+    "claim",
+    "connect",
+    "enqueue",
+    "find_duplicate",
+    "find_nonce",
+    "finish",
+    "forget_nonces_before",
+    "get_job",
+    "get_refused",
+    "job_counts",
+    "job_from_row",
+    "list_jobs",
+    "list_refused",
+    "migrate",
+    "oldest_waiting",
+    "open_database",
+    "open_jobs",
+    "outbox_counts",
+    "outbox_delivered",
+    "outbox_failed",
+    "outbox_from_row",
+    "pending_callback_ids",
+    "pending_callbacks",
+    "postpone",
+    "prune",
+    "prune_old",
+    "record_refusal",
+    "recover",
+    "requeue_stopped",
+    "retry",
+    "step_done",
+    "step_failed",
+    "steps_of",
+    "undelivered_callbacks",
+    "use_nonce",
+]

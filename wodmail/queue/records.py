@@ -1,0 +1,130 @@
+"""What the queue holds, as the rest of wodmail sees it: jobs, their steps, callbacks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from wodmail.command import Command
+
+
+@dataclass(frozen=True)
+class Callback:
+    """One call to the registration app, kept in the outbox until it is delivered.
+
+    A secret value (a student's password) is never stored: `secret_field` names the body
+    key to fill at delivery time with the job's password called `secret_name`.
+    """
+
+    method: str
+    path: str
+    body: dict[str, str]
+    secret_field: str | None = None
+    secret_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job_id: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    command: Command
+    state: str
+    received: float
+    attempts: int
+    crashes: int
+    retries: int
+    not_before: float
+    error: str | None = None
+    outcome: str | None = None
+    door: str = ""
+    peer: str | None = None
+    sender: str | None = None
+    started: float | None = None
+    finished: float | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    state: str
+    started: float
+    finished: float | None
+    attempts: int
+    result: Any
+    error: str | None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    job_id: int
+    student: int
+    method: str
+    path: str
+    body: dict[str, str]
+    secret_field: str | None
+    secret_name: str | None
+    state: str
+    attempts: int
+    next_attempt: float
+    last_error: str | None
+    created: float
+    delivered: float | None
+
+
+JOB_COLUMNS = (
+    "id, command, state, received, attempts, crashes, retries, not_before, error, outcome, door, peer,"
+    " sender, started, finished"
+)
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    return Job(
+        id=row[0],
+        command=Command.from_json(row[1]),
+        state=row[2],
+        received=row[3],
+        attempts=row[4],
+        crashes=row[5],
+        retries=row[6],
+        not_before=row[7],
+        error=row[8],
+        outcome=row[9],
+        door=row[10],
+        peer=row[11],
+        sender=row[12],
+        started=row[13],
+        finished=row[14],
+    )
+
+
+OUTBOX_COLUMNS = (
+    "id, job_id, student, method, path, body, secret_field, secret_name, state, attempts, next_attempt,"
+    " last_error, created, delivered"
+)
+
+
+def outbox_from_row(row: Sequence[Any]) -> OutboxEntry:
+    return OutboxEntry(
+        id=row[0],
+        job_id=row[1],
+        student=row[2],
+        method=row[3],
+        path=row[4],
+        body=json.loads(row[5]),
+        secret_field=row[6],
+        secret_name=row[7],
+        state=row[8],
+        attempts=row[9],
+        next_attempt=row[10],
+        last_error=row[11],
+        created=row[12],
+        delivered=row[13],
+    )
