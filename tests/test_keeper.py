@@ -23,8 +23,8 @@ import pytest
 from tests.conftest import DATA, readable_by_students
 from wodmail.errors import ConfigError
 from wodmail.homes import Homes
+from wodmail.notebooks import MAX_NOTEBOOK_BYTES, completion_percentage
 from wodmail.proctable import ProcessWatch, processes_of
-from wodmail.workshop import MAX_NOTEBOOK_BYTES, completion_percentage
 
 ATTACKS = readable_by_students(DATA / "keeper")
 A, B = 1951, 1952

@@ -21,11 +21,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from wodmail.errors import StepFailed
 from wodmail.identity import Identity, acting_as
+from wodmail.notebooks import completion_percentage
 from wodmail.resources import product_path
 from wodmail.workshop import (
     CompiledWorkshop,
     Renderer,
-    completion_percentage,
     content_name,
     render_context,
 )

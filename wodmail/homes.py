@@ -52,6 +52,7 @@ from wodmail.errors import ConfigError, StepFailed, TransientError
 from wodmail.identity import Identity, acting_as, as_daemon, can_switch
 from wodmail.keeper import TRASH, Keeper
 from wodmail.location import Location
+from wodmail.safefs import READ_FLAGS, copy_new_file
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,6 @@ READ_BOUND = 60.0
 
 _FIXED_OWNER = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
 _MODE = re.compile(r"0?[0-7]{3}")
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -445,17 +445,9 @@ def _copy_folder(source: Path, target: int, pending: list[tuple[Path, int]]) -> 
 
 def _copy_file(source: str, folder: int, name: str, mode: int) -> None:
     with as_daemon():
-        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        src = os.open(source, READ_FLAGS)
     try:
-        dst = os.open(name, _NEW_FILE, 0o600, dir_fd=folder)
-        try:
-            while chunk := os.read(src, 1 << 20):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(dst, view) :]
-            os.fchmod(dst, mode & 0o777)
-        finally:
-            os.close(dst)
+        copy_new_file(src, folder, name, mode)
     finally:
         os.close(src)
 

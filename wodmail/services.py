@@ -81,7 +81,7 @@ class Services:
 
     async def completion(self, stdid: int, workshop: Workshop) -> int:
         """How far student{stdid} went in `workshop`'s notebooks, in percent (read as the student)."""
-        from wodmail.workshop import completion_at
+        from wodmail.notebooks import completion_at
 
         compiled = self.renderer.workshop(workshop.content)
         try:

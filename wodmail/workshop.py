@@ -20,8 +20,9 @@ newlines of the source file kept, `None` rendered as an empty string, and
   is not valid JSON is refused.
 
 `Renderer.workshop` compiles a workshop once and keeps it until its files change on disk
-(with a `CodeCache`, compiled templates are also kept on disk across restarts);
-`CompiledWorkshop.render_into` then only renders and writes, once per student. All errors
+(with Jinja's bytecode cache, `open_code_cache`, compiled templates are also kept on disk
+across restarts); `CompiledWorkshop.render_into` then only renders and writes, once per
+student. All errors
 are `StepFailed` (a workshop fixed by an operator can be deployed again); no message ever
 carries a variable's value.
 """
@@ -30,11 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import importlib.util
 import json
 import logging
-import marshal
 import os
 import re
 import secrets
@@ -45,28 +43,27 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from types import CodeType, MappingProxyType, TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, ClassVar, cast
 
 import jinja2
-from jinja2 import Template, TemplateSyntaxError, Undefined, UndefinedError
+from jinja2 import FileSystemBytecodeCache, Template, TemplateSyntaxError, Undefined, UndefinedError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
-from wodmail.erase import remove_entry
+from wodmail.erase import DIR_FLAGS, remove_entry
 from wodmail.errors import StepFailed
 from wodmail.identity import as_daemon
+from wodmail.safefs import READ_FLAGS, copy_new_file, write_new_file
 
 __all__ = [
     "EXCLUDED",
     "TEMPLATED",
-    "CodeCache",
     "CompiledWorkshop",
     "Renderer",
-    "completion_at",
-    "completion_percentage",
     "content_name",
+    "open_code_cache",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,22 +78,11 @@ EXCLUDED = ("*-checkpoint.ipynb", ".ipynb_checkpoints", "wod.yml")
 #: The value of `inventory_hostname` when the variables do not set one.
 DEFAULT_INVENTORY_HOSTNAME = "localhost"
 
-#: A deployed notebook larger than this is not read for the completion percentage.
-MAX_NOTEBOOK_BYTES = 16 * 1024 * 1024
-#: The most objects and arrays a notebook may hold to be parsed for the completion (a real
-#: one has a handful per cell; its outputs' images are strings).
-MAX_NOTEBOOK_CONTAINERS = 200_000
-#: The most read from one student's notebooks for one completion (memory stays bounded).
-MAX_COMPLETION_BYTES = 64 * 1024 * 1024
-
 #: Prefix of the hidden working folders `render_into` leaves beside `dest` while it works.
 _WORK_MARK = ".wodmail-"
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: What json.dumps(ensure_ascii=False) escapes in a string: quote, backslash, controls.
 _JSON_SPECIAL = re.compile(r'[\x00-\x1f"\\]')
-_CODE_CELL_RE = re.compile(r'"cell_type"\s*:\s*"code"')
 #: Values shorter than this are not scrubbed from error details (they would mangle words).
 _SCRUB_MIN_LENGTH = 4
 
@@ -565,7 +551,7 @@ class CompiledWorkshop:
             work = f".{leaf}{_WORK_MARK}new-{secrets.token_hex(4)}"
             try:
                 os.mkdir(work, 0o700, dir_fd=parent_fd)
-                work_fd = os.open(work, _DIR_FLAGS, dir_fd=parent_fd)
+                work_fd = os.open(work, DIR_FLAGS, dir_fd=parent_fd)
                 try:
                     written = self._fill(work_fd, self._tree, rendered)
                 finally:
@@ -587,14 +573,14 @@ class CompiledWorkshop:
         """Write `folder`'s files and sub-folders into the open folder `folder_fd`."""
         written = 0
         for file in folder.templated:
-            _write_new_file(folder_fd, file.name, rendered[file.relative], file.mode)
+            write_new_file(folder_fd, file.name, rendered[file.relative], file.mode)
             written += 1
         for copy in folder.copied:
             _copy_new_file(folder_fd, copy, self.name)
             written += 1
         for sub in folder.folders:
             os.mkdir(sub.name, 0o700, dir_fd=folder_fd)
-            sub_fd = os.open(sub.name, _DIR_FLAGS, dir_fd=folder_fd)
+            sub_fd = os.open(sub.name, DIR_FLAGS, dir_fd=folder_fd)
             try:
                 written += self._fill(sub_fd, sub, rendered)
             finally:
@@ -614,7 +600,7 @@ def _walk(folder: _Folder) -> Iterator[_Folder]:
 
 def _open_parent(parent: Path, workshop: str) -> int:
     try:
-        return os.open(parent, _DIR_FLAGS)
+        return os.open(parent, DIR_FLAGS)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR) and parent.is_symlink():
             reason = "is a symbolic link"
@@ -676,55 +662,21 @@ def _swap_in(parent_fd: int, work: str, leaf: str) -> None:
         _remove_quietly(parent_fd, old)
 
 
-def _write_new_file(folder_fd: int, name: str, data: bytes, mode: int) -> None:
-    fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=folder_fd)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-
-
 def _copy_new_file(folder_fd: int, file: _CopiedFile, workshop: str) -> None:
     """Copy `file` byte for byte with its permission bits (shutil.copyfile + copymode, on fds);
     the catalog's file is opened as the daemon, the copy made as whoever runs this."""
     try:
         with as_daemon():
-            src = os.open(file.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            src = os.open(file.source, READ_FLAGS)
     except OSError as exc:
         raise StepFailed(f"{workshop}/{file.relative.as_posix()}: cannot read: {exc.strerror}") from None
     try:
         st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode):
             raise StepFailed(f"{workshop}/{file.relative.as_posix()}: not a regular file any more")
-        dst = os.open(file.name, _NEW_FILE_FLAGS, 0o600, dir_fd=folder_fd)
-        try:
-            _copy_bytes(src, dst)
-            os.fchmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
-        finally:
-            os.close(dst)
+        copy_new_file(src, folder_fd, file.name, stat.S_IMODE(st.st_mode))
     finally:
         os.close(src)
-
-
-def _copy_bytes(src: int, dst: int) -> None:
-    """Copy all of `src` into `dst`: in the kernel when it can, else by reading and writing."""
-    try:
-        while os.sendfile(dst, src, None, 1 << 30):
-            pass
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-            raise
-    os.lseek(src, 0, os.SEEK_SET)
-    os.lseek(dst, 0, os.SEEK_SET)
-    os.ftruncate(dst, 0)
-    while chunk := os.read(src, 1 << 20):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst, view) :]
 
 
 # --------------------------------------------------------------------------- compiling
@@ -745,7 +697,7 @@ class _Compiler:
     root: Path
     text_env: ImmutableSandboxedEnvironment
     notebook_env: ImmutableSandboxedEnvironment
-    code_cache: CodeCache | None = None
+    code_cache: FileSystemBytecodeCache | None = None
     name: str = ""
     real_root: str = ""
     dependencies: list[tuple[str, _Signature]] = field(default_factory=list)
@@ -838,11 +790,17 @@ class _Compiler:
         kind = "notebook" if notebook else "text"
         failure: str
         try:
-            code = self.code_cache.load(kind, source, where, text) if self.code_cache else None
+            cache = self.code_cache
+            bucket = cache.get_bucket(env, f"{_CODE_FORMAT}/{kind}/{where}", source, text) if cache else None
+            code = bucket.code if bucket is not None else None
             if code is None:
                 code = env.compile(text, name=where, filename=where)
-                if self.code_cache is not None:
-                    self.code_cache.store(kind, source, where, text, code)
+                if cache is not None and bucket is not None:
+                    bucket.code = code
+                    try:
+                        cache.set_bucket(bucket)
+                    except OSError as exc:  # costs a compilation at the next start, nothing more
+                        log.warning("template cache: cannot keep %s: %s", where, exc.strerror)
         except TemplateSyntaxError as exc:
             failure = f"{where} line {exc.lineno}: template syntax error: {exc.message}"
         except Exception as exc:  # noqa: BLE001 - e.g. a SecurityError at compile time
@@ -865,87 +823,35 @@ class _Compiler:
         raise StepFailed(failure)
 
 
-#: Changes whenever what the environments generate changes (their settings, finalize, ...).
+#: Changes whenever what the environments generate changes (their settings, finalize, ...):
+#: part of each cached template's name, so older code is never loaded.
 _CODE_FORMAT = "wodmail-templates-1"
 
 
-class CodeCache:
-    """Compiled templates kept on disk, so that a restarted daemon does not compile again.
+def open_code_cache(folder: Path) -> FileSystemBytecodeCache | None:
+    """Jinja's bytecode cache in `folder`, so that a restarted daemon does not compile its
+    templates again, or None (with a warning) if the folder is not fit for it.
 
-    One file per template (its source path, its name in messages, its kind), holding the
-    SHA-256 of the source it was compiled from and the code, marshalled; a template whose
-    source changed is compiled again and its file replaced, so the folder holds at most one
-    file per template ever deployed. The key includes the versions of Jinja and of Python's
-    bytecode. Loading code from a file is running it: the folder must be wodmail's own
-    (made 0700; one owned by another user, or writable by others, is not used).
+    Loading code from a file is running it: the folder must be wodmail's own (made 0700;
+    one owned by another user, or writable by others, is not used). Jinja keys each file by
+    the template's name and source path and checks the source's checksum and Jinja's and
+    Python's bytecode versions when it loads it; a changed template is compiled again and
+    its file replaced (one file per template). Files a crash left half-written go at start.
     """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        self._usable: bool | None = None
-
-    def _ready(self) -> bool:
-        if self._usable is None:
-            try:
-                self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-                st = os.stat(self.folder, follow_symlinks=False)
-            except OSError as exc:
-                log.warning("template cache %s not used: %s", self.folder, exc.strerror)
-                self._usable = False
-            else:
-                self._usable = stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
-                if not self._usable:
-                    log.warning(
-                        "template cache %s not used: not a folder of this user, or writable by others", self.folder
-                    )
-                else:
-                    self._remove_half_written()
-        return self._usable
-
-    def _remove_half_written(self) -> None:
-        """Remove the temporary files a crash left between writing one and renaming it."""
-        for name in os.listdir(self.folder):
-            if name.startswith(".") and ".code." in name:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.folder / name)
-
-    def _file(self, kind: str, source: str, where: str) -> Path:
-        key = "\0".join((_CODE_FORMAT, jinja2.__version__, importlib.util.MAGIC_NUMBER.hex(), kind, source, where))
-        return self.folder / (hashlib.sha256(key.encode()).hexdigest()[:40] + ".code")
-
-    def load(self, kind: str, source: str, where: str, text: str) -> CodeType | None:
-        """The cached code of template `where` (file `source`) if compiled from `text`."""
-        if not self._ready():
-            return None
-        try:
-            fd = os.open(self._file(kind, source, where), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            with os.fdopen(fd, "rb") as handle:
-                stored = marshal.load(handle)
-        except (OSError, EOFError, ValueError, TypeError):
-            return None
-        digest = hashlib.sha256(text.encode("utf-8")).digest()
-        if not (isinstance(stored, tuple) and len(stored) == 2 and stored[0] == digest):
-            return None
-        code = stored[1]
-        return code if isinstance(code, CodeType) else None
-
-    def store(self, kind: str, source: str, where: str, text: str, code: CodeType) -> None:
-        """Keep `code`, compiled from `text`; a failure only costs a compilation later."""
-        if not self._ready():
-            return
-        target = self._file(kind, source, where)
-        work = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
-        try:
-            fd = os.open(work, _NEW_FILE_FLAGS, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                marshal.dump((hashlib.sha256(text.encode("utf-8")).digest(), code), handle)
-            os.replace(work, target)
-        except OSError as exc:
-            log.warning("template cache %s: cannot keep %s: %s", self.folder, where, exc.strerror)
-            work.unlink(missing_ok=True)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.stat(folder, follow_symlinks=False)
+    except OSError as exc:
+        log.warning("template cache %s not used: %s", folder, exc.strerror)
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        log.warning("template cache %s not used: not a folder of this user, or writable by others", folder)
+        return None
+    for name in os.listdir(folder):
+        if name.endswith(".tmp"):  # Jinja writes to NAME<random>.tmp, then renames
+            with contextlib.suppress(OSError):
+                os.unlink(folder / name)
+    return FileSystemBytecodeCache(str(folder), "%s.code")
 
 
 @dataclass
@@ -974,7 +880,7 @@ class Renderer:
     ) -> None:
         """`optional_variables`: names a template may use undefined (they render as "");
         every other undefined name is an error. `code_cache`: a folder of wodmail's own
-        where compiled templates are kept across restarts (`CodeCache`; None: none).
+        where compiled templates are kept across restarts (`open_code_cache`; None: none).
         `recheck_seconds` and `clock` set how often the catalog is checked for changes
         (tests set them)."""
         undefined = _undefined_class(frozenset(optional_variables))
@@ -989,7 +895,7 @@ class Renderer:
         }
         self._text_env = ImmutableSandboxedEnvironment(finalize=_finalize_text, **common)
         self._notebook_env = ImmutableSandboxedEnvironment(finalize=_finalize_json_string, **common)
-        self._code_cache = CodeCache(code_cache) if code_cache is not None else None
+        self._code_cache = open_code_cache(code_cache) if code_cache is not None else None
         self._recheck_seconds = recheck_seconds
         self._clock = clock
         self._cache: dict[str, _CacheEntry] = {}
@@ -1031,124 +937,3 @@ class Renderer:
                 self._cache.clear()
             else:
                 self._cache.pop(os.path.abspath(content), None)
-
-
-# --------------------------------------------------------------------------- completion
-
-
-def completion_percentage(deployed: Path, notebooks: Iterable[Path]) -> int:
-    """`completion_at` on the folder `deployed` (the student's copy of the workshop)."""
-    deployed = Path(os.path.abspath(deployed))
-    try:
-        parent = os.open(deployed.parent, _DIR_FLAGS)
-    except OSError:
-        return 0
-    try:
-        return completion_at(parent, deployed.name, notebooks)
-    finally:
-        os.close(parent)
-
-
-def completion_at(parent_fd: int, leaf: str, notebooks: Iterable[Path], *, who: str = "") -> int:
-    """The share of code cells the student ran, in percent, rounded down.
-
-    Over the notebooks `notebooks` (paths relative to `leaf`, the student's copy of the
-    workshop in the open folder `parent_fd`): code cells whose `execution_count` is not
-    null, divided by all code cells, times 100. 0 when there is no code cell.
-
-    A notebook that is not valid JSON (or not shaped like an nbformat 4 notebook) but can
-    be read as text counts its code cells (found by their `"cell_type": "code"`) as not
-    executed. A notebook that is missing, is not a regular file, cannot be read or decoded
-    as UTF-8, is larger than MAX_NOTEBOOK_BYTES, or comes after MAX_COMPLETION_BYTES were
-    read in all, is skipped (with a warning): its cells count neither way. Files are
-    opened without following symlinks and without blocking (the student owns the folder);
-    run it as the student (wodmail.homes.Homes.read_home).
-    """
-    executed = total = 0
-    budget = MAX_COMPLETION_BYTES
-    skipped: list[str] = []
-    for notebook in notebooks:
-        data = _read_regular_beneath(parent_fd, Path(leaf) / notebook, min(MAX_NOTEBOOK_BYTES, budget))
-        if data is None:
-            skipped.append(Path(notebook).as_posix())
-            continue
-        budget -= len(data)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            skipped.append(Path(notebook).as_posix())
-            continue
-        del data
-        ran, cells = _count_code_cells(text)
-        executed += ran
-        total += cells
-    if skipped:
-        log.warning(
-            "completion of %s%s: %d notebook(s) not counted (missing, not a regular file, unreadable or too"
-            " large): %s",
-            f"{who} " if who else "",
-            leaf,
-            len(skipped),
-            ", ".join(skipped)[:500],
-        )
-    return executed * 100 // total if total else 0
-
-
-def _count_code_cells(text: str) -> tuple[int, int]:
-    """(executed, all) code cells of a notebook's text.
-
-    A text with more than MAX_NOTEBOOK_CONTAINERS objects and arrays is not parsed (a
-    student's 16 MiB of `[{},{},...]` would take 400 MB and hold the GIL for a second), nor
-    is one nested too deep for the parser: their code cells count as not executed."""
-    document = None
-    if text.count("{") + text.count("[") <= MAX_NOTEBOOK_CONTAINERS:
-        try:
-            document = json.loads(text)
-        except (ValueError, RecursionError):
-            document = None
-    cells = document.get("cells") if isinstance(document, dict) else None
-    if not isinstance(cells, list):
-        return 0, len(_CODE_CELL_RE.findall(text))
-    code = [c for c in cells if isinstance(c, dict) and c.get("cell_type") == "code"]
-    return sum(1 for c in code if c.get("execution_count") is not None), len(code)
-
-
-def _read_regular_beneath(base: int, relative: Path, limit: int) -> bytes | None:
-    """The bytes of the regular file `relative` under the open folder `base`, reached
-    without following any symlink or blocking, or None if there is none or it is larger
-    than `limit`."""
-    parts = relative.parts
-    if not parts or relative.is_absolute() or any(p in ("", ".", "..") for p in parts):
-        return None
-    try:
-        folder = os.dup(base)
-    except OSError:
-        return None
-    try:
-        for part in parts[:-1]:
-            inner = os.open(part, _DIR_FLAGS, dir_fd=folder)
-            os.close(folder)
-            folder = inner
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:  # no access time: a read would dirty the inode, and wait on the journal's commit
-            fd = os.open(parts[-1], flags | os.O_NOATIME, dir_fd=folder)
-        except PermissionError:  # O_NOATIME needs the file's owner (the student's files are theirs)
-            fd = os.open(parts[-1], flags, dir_fd=folder)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-                return None
-            chunks: list[bytes] = []
-            size = 0
-            while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
-                size += len(chunk)
-                if size > limit:
-                    return None
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
-    except OSError:
-        return None
-    finally:
-        os.close(folder)
