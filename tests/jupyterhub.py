@@ -73,6 +73,7 @@ class RealJupyterHub:
         http_timeout: int = 30,
         start_timeout: int = 60,
         scopes: Iterable[str] = WODMAIL_SCOPES,
+        authenticator: str = "null",
     ) -> None:
         self.root = root
         self.token = secrets.token_hex(24)
@@ -87,6 +88,7 @@ class RealJupyterHub:
             "tiny_server": str(TINY_SERVER),
             "allowed_users": sorted(users),
             "scopes": list(scopes),
+            "authenticator": authenticator,
             "concurrent_spawn_limit": concurrent_spawn_limit,
             "spawn_throttle_retry_range": list(spawn_throttle_retry_range),
             "slow_spawn_timeout": slow_spawn_timeout,

@@ -45,6 +45,6 @@ async def run(job: JobRun, services: Services) -> str:
         )
     else:
         await job.callbacks("release student", services, regapp.student(dbid, assigned="false"))
-        await job.step("erase home", services.homes.reset, stdid, on_disk=True)
+        await job.step("erase home", services.reset_home, stdid, on_disk=True)
     await job.callbacks("report cleaned", services, regapp.customer(command.customer, cleaned="true"))
     return f"{command.student_name} cleaned up at {completion}% of {workshop.name}"

@@ -23,7 +23,7 @@ async def run(job: JobRun, services: Services) -> str:
 
     await job.step("set password", services.set_password, stdid, workshop, password)
     await job.step("end processes", services.homes.end_new_students_processes, stdid)
-    await job.step("reset home", services.homes.reset, stdid, on_disk=True)
+    await job.step("reset home", services.reset_home, stdid, on_disk=True)
     files = await job.step("deploy workshop", services.deploy, stdid, workshop, variables, on_disk=True)
     await job.step("create hook", services.run_hook, job, workshop, "create", variables, on_disk=True)
     await job.callbacks(

@@ -28,5 +28,5 @@ async def run(job: JobRun, services: Services) -> str:
         services,
         regapp.student_password(services.dbid(stdid), command.student_name, assigned="false"),
     )
-    await job.step("erase home", services.homes.reset, stdid, on_disk=True)
+    await job.step("erase home", services.reset_home, stdid, on_disk=True)
     return f"{command.student_name} purged"

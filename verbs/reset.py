@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from wodmail import regapp
 from wodmail.errors import StepFailed
 from wodmail.services import JobRun, Services
@@ -9,8 +11,8 @@ from wodmail.services import JobRun, Services
 name = "RESET"
 argument_description = "<stdid>|<min>,<max> <customer-id>; body: the workshop (a reset workshop)"
 description = (
-    "For each student: rotate the password, stop the JupyterHub server; end every process of every"
-    " student (all at once); then run the workshop's reset hook (required); then for each student:"
+    "Rotate every student's password (all at once), stop each JupyterHub server; end every process of"
+    " every student (all at once); then run the workshop's reset hook (required); then for each student:"
     " unassign, erase the home; a range also sets the workshop's capacity back to the range's size."
 )
 
@@ -24,9 +26,16 @@ async def run(job: JobRun, services: Services) -> str:
     if "reset" not in workshop.hooks:
         raise StepFailed(f"RESET of {workshop.name} needs a reset hook and the workshop has none")
 
-    for stdid in command.students:
+    async def rotate(stdid: int) -> None:
         password = job.password(f"student{stdid}")
         await job.step(f"rotate password student{stdid}", services.set_password, stdid, workshop, password)
+
+    # All at once: a range's host passwords go to /etc/shadow in one chpasswd run (wodmail.accounts).
+    rotations = await asyncio.gather(*(rotate(stdid) for stdid in command.students), return_exceptions=True)
+    for failure in rotations:
+        if isinstance(failure, BaseException):
+            raise failure
+    for stdid in command.students:
         if services.hub is not None:
             await job.step(f"stop JupyterHub server student{stdid}", services.hub.stop, f"student{stdid}")
     await job.step("end processes", services.homes.end_processes_of, list(command.students))
@@ -37,7 +46,7 @@ async def run(job: JobRun, services: Services) -> str:
 
     for stdid in command.students:
         await job.callbacks(f"release student{stdid}", services, regapp.student(services.dbid(stdid), assigned="false"))
-        await job.step(f"erase home student{stdid}", services.homes.reset, stdid, on_disk=True)
+        await job.step(f"erase home student{stdid}", services.reset_home, stdid, on_disk=True)
 
     if command.is_range:
         capacity = command.last_stdid - command.stdid + 1

@@ -177,6 +177,10 @@ class Homes:
         self._accounts[stdid] = (now + ACCOUNT_TTL, account, own_group)
         return account, own_group
 
+    def forget_account(self, stdid: int) -> None:
+        """Drop what is known of student{stdid}'s host account (it was just created)."""
+        self._accounts.pop(int(stdid), None)
+
     # ------------------------------------------------------------------- root's part
 
     def check(self) -> None:

@@ -167,6 +167,83 @@ class Workshop:
         return self.first <= self.last
 
 
+ACCOUNT_MODES = ("none", "unix")
+"""ACCOUNTS: `none` (the default: wodmail leaves host accounts alone) or `unix` (student{N}'s
+password is set in /etc/shadow on every verb, the hub logs students in through PAM)."""
+HASH_SCHEMES = ("system", "yescrypt", "sha512")
+"""ACCOUNTHASH: the shadow hash's scheme; `system`: what pam_unix uses (/etc/pam.d/common-password,
+else ENCRYPT_METHOD of /etc/login.defs)."""
+SSH_KEY_TYPES = ("none", "ed25519", "ecdsa", "rsa")
+"""ACCOUNTSSHKEY: the key pair made for the student on every erase of the home (none: no key)."""
+_ACL_ENTRY = re.compile(r"(u|user|g|group):([A-Za-z0-9_][A-Za-z0-9_.-]{0,31}|[0-9]{1,10}):([r-]?[w-]?[x-]?)")
+
+
+@dataclass(frozen=True)
+class AclEntry:
+    """One HOMEACL entry: `u:NAME:PERMS` or `g:NAME:PERMS` (setfacl's short form)."""
+
+    kind: str
+    """"u" (a user) or "g" (a group)."""
+    name: str
+    """The user or group name, or its number."""
+    perms: int
+    """rwx as bits (4, 2, 1)."""
+
+    def __str__(self) -> str:
+        bits = "".join(letter if self.perms & bit else "-" for letter, bit in (("r", 4), ("w", 2), ("x", 1)))
+        return f"{self.kind}:{self.name}:{bits}"
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """The students' host accounts, as the location sets them (every key has a default)."""
+
+    mode: str = "none"
+    """ACCOUNTS: none or unix."""
+    hash_scheme: str = "system"
+    """ACCOUNTHASH: system, yescrypt or sha512."""
+    hash_cost: int | None = None
+    """ACCOUNTHASHCOST: yescrypt's cost (1..11) or sha512's rounds (1000..999999999); None: the
+    cheapest (wodmail's passwords are random: see wodmail.accounts)."""
+    create: bool = False
+    """ACCOUNTCREATE: create a missing student{N} (true) or fail the job (false)."""
+    uid_min: int = 1000
+    """ACCOUNTUIDMIN: the lowest uid a student account may have (default: UID_MIN of login.defs)."""
+    uid_max: int = 60000
+    """ACCOUNTUIDMAX: the highest (default: UID_MAX of login.defs)."""
+    uid_base: int | None = None
+    """ACCOUNTUIDBASE: student{N} has uid N + ACCOUNTUIDBASE (checked, and given at creation)."""
+    gid_base: int | None = None
+    """ACCOUNTGIDBASE: a created student{N}'s own group gets gid N + ACCOUNTGIDBASE."""
+    shell: str = "/bin/bash"
+    """ACCOUNTSHELL: a created account's login shell."""
+    groups: tuple[str, ...] = ()
+    """ACCOUNTGROUPS: supplementary groups of a created account."""
+    ssh_key: str = "none"
+    """ACCOUNTSSHKEY: none, ed25519, ecdsa or rsa."""
+    home_acl: tuple[AclEntry, ...] = ()
+    """HOMEACL: access (and default) ACL entries given on every fresh home, e.g. u:wodadmin:rwx."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+
+def login_defs(text: str | None = None) -> dict[str, str]:
+    """The KEY VALUE settings of /etc/login.defs (or `text`); empty when it cannot be read."""
+    if text is None:
+        try:
+            text = Path("/etc/login.defs").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return {}
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not parts[0].startswith("#"):
+            found[parts[0]] = parts[1]
+    return found
+
+
 @dataclass(frozen=True)
 class Location:
     """One site's configuration, checked: what the daemon needs, and what templates see."""
@@ -233,6 +310,8 @@ class Location:
     """LOCALPEERUSERS: whose connections from this host (loopback, the host's own addresses)
     count as coming from their address; default root and the user wodmail runs as. Anyone
     else on this host (a student) is never a trusted peer (wodmail.peers)."""
+    accounts: AccountSettings = field(default_factory=AccountSettings)
+    """ACCOUNTS and the ACCOUNT*/HOMEACL keys: the students' host accounts (wodmail.accounts)."""
 
     def template_variables(self) -> dict[str, object]:
         """Every key of the location except the secrets (SECRET_KEYS)."""
@@ -807,6 +886,8 @@ def _build(path: Path, values: dict[str, object], hidden: set[str]) -> Location:
         sites=frozenset(sites),
     ).load()
 
+    accounts = _account_settings(keys, student_min, student_max)
+
     return Location(
         file=path,
         name=path.stem,
@@ -846,6 +927,76 @@ def _build(path: Path, values: dict[str, object], hidden: set[str]) -> Location:
         job_keep_days=job_keep_days,
         refused_keep_days=refused_keep_days,
         free_space_floor=free_space_floor << 20,
+        accounts=accounts,
+    )
+
+
+def _account_settings(keys: _Keys, student_min: int, student_max: int) -> AccountSettings:
+    """ACCOUNTS and its keys (wodmail.accounts); each checked, each with its default."""
+    mode = keys.text("ACCOUNTS") or "none"
+    if mode not in ACCOUNT_MODES:
+        keys.fail("ACCOUNTS", "expected " + " or ".join(ACCOUNT_MODES))
+    scheme = keys.text("ACCOUNTHASH") or "system"
+    if scheme not in HASH_SCHEMES:
+        keys.fail("ACCOUNTHASH", "expected " + ", ".join(HASH_SCHEMES))
+    cost = keys.integer("ACCOUNTHASHCOST", None, 1, 999_999_999)
+    if cost is not None and scheme == "yescrypt" and cost > 11:
+        keys.fail("ACCOUNTHASHCOST", "yescrypt's cost is 1..11")
+    if cost is not None and scheme == "sha512" and cost < 1000:
+        keys.fail("ACCOUNTHASHCOST", "sha512's rounds are 1000..999999999")
+    create = keys.get("ACCOUNTCREATE")
+    if create is None:
+        create = False
+    if not isinstance(create, bool):
+        keys.fail("ACCOUNTCREATE", "expected true or false")
+    defaults = login_defs()
+    low_default = int(defaults["UID_MIN"]) if defaults.get("UID_MIN", "").isdigit() else 1000
+    high_default = int(defaults["UID_MAX"]) if defaults.get("UID_MAX", "").isdigit() else 60000
+    uid_min = keys.integer("ACCOUNTUIDMIN", low_default, 1, 2**31 - 2)
+    uid_max = keys.integer("ACCOUNTUIDMAX", high_default, 1, 2**31 - 2)
+    assert uid_min is not None and uid_max is not None
+    if uid_max < uid_min:
+        keys.fail("ACCOUNTUIDMAX", f"{uid_max} is below ACCOUNTUIDMIN {uid_min}")
+    uid_base = keys.integer("ACCOUNTUIDBASE", None, 0, 2**31 - 2)
+    if uid_base is not None and not (uid_min <= student_min + uid_base and student_max + uid_base <= uid_max):
+        keys.fail(
+            "ACCOUNTUIDBASE",
+            f"students {student_min}..{student_max} would have uids {student_min + uid_base}..{student_max + uid_base},"
+            f" outside ACCOUNTUIDMIN..ACCOUNTUIDMAX ({uid_min}..{uid_max})",
+        )
+    gid_base = keys.integer("ACCOUNTGIDBASE", None, 0, 2**31 - 2)
+    if gid_base is not None and student_min + gid_base < 1:
+        keys.fail("ACCOUNTGIDBASE", "a student's group would have gid 0")
+    shell = keys.text("ACCOUNTSHELL") or "/bin/bash"
+    if not shell.startswith("/") or any(ch.isspace() or ch == ":" for ch in shell):
+        keys.fail("ACCOUNTSHELL", "expected an absolute path (no spaces or colons)")
+    groups = keys.names("ACCOUNTGROUPS")
+    for group in groups:
+        if not _ACL_ENTRY.fullmatch(f"g:{group}:r") or group.isdigit():
+            keys.fail("ACCOUNTGROUPS", f"{keys.shown('ACCOUNTGROUPS', group)} is not a group name")
+    ssh_key = keys.text("ACCOUNTSSHKEY") or "none"
+    if ssh_key not in SSH_KEY_TYPES:
+        keys.fail("ACCOUNTSSHKEY", "expected " + ", ".join(SSH_KEY_TYPES))
+    acl: list[AclEntry] = []
+    for item in keys.names("HOMEACL"):
+        match = _ACL_ENTRY.fullmatch(item)
+        if match is None:
+            keys.fail("HOMEACL", f"{keys.shown('HOMEACL', item)} is not u:NAME:PERMS or g:NAME:PERMS (u:wodadmin:rwx)")
+        perms = sum(bit for letter, bit in (("r", 4), ("w", 2), ("x", 1)) if letter in match[3])
+        acl.append(AclEntry(match[1][0], match[2], perms))
+    return AccountSettings(
+        mode=mode,
+        hash_scheme=scheme,
+        hash_cost=cost,
+        create=create,
+        uid_min=uid_min,
+        uid_max=uid_max,
+        uid_base=uid_base,
+        gid_base=gid_base,
+        shell=shell,
+        groups=groups,
+        ssh_key=ssh_key,
+        home_acl=tuple(acl),
     )
 
 

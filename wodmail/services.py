@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from wodmail import faults, queue
+from wodmail.accounts import Accounts
 from wodmail.command import Command
 from wodmail.errors import StepFailed, WodmailError
 from wodmail.faults import crash_point
@@ -47,6 +48,8 @@ class Services:
     hub: Hub | None = None
     app: RegistrationApp | None = None
     directory: Directory | None = None
+    accounts: Accounts | None = None
+    """The students' host accounts (ACCOUNTS, ACCOUNTSSHKEY, HOMEACL); None: left alone."""
 
     @property
     def callbacks_enabled(self) -> bool:
@@ -91,16 +94,32 @@ class Services:
             return 0
 
     async def set_password(self, stdid: int, workshop: Workshop | None, password: str) -> str:
-        """Replace student{stdid}'s password where this location keeps it."""
+        """Replace student{stdid}'s password where this location keeps it: the host account
+        (ACCOUNTS: unix: the hub logs students in through PAM with it) and, for an LDAP
+        workshop, LDAP too, as the platform this replaces did."""
         if workshop is None:
             # A PURGE may name no workshop: the one whose booked range holds the student
             # (ranges never overlap) says whether the password lives in LDAP.
             workshop = next((w for w in self.location.workshops.values() if w.holds(stdid)), None)
-        if workshop is not None and workshop.ldap:
-            if self.directory is None:
-                raise StepFailed(f"{workshop.name} needs LDAP but this location has no LDAP directory")
-            return await self.directory.set_student_password(stdid, password)
-        return "no directory for this workshop"
+        if workshop is not None and workshop.ldap and self.directory is None:
+            raise StepFailed(f"{workshop.name} needs LDAP but this location has no LDAP directory")
+        done = []
+        if self.accounts is not None and self.accounts.sets_passwords:
+            done.append(await self.accounts.set_password(stdid, password))
+        if workshop is not None and workshop.ldap and self.directory is not None:
+            done.append(await self.directory.set_student_password(stdid, password))
+        return "; ".join(done) or "no directory for this workshop"
+
+    async def reset_home(self, stdid: int) -> str | None:
+        """Erase student{stdid}'s home back to its skeleton (wodmail.homes), then, when the
+        location asks, give it HOMEACL and a fresh ssh key pair, as the student."""
+        await self.homes.reset(stdid)
+        if self.accounts is None or not self.accounts.furnishes_homes:
+            return None
+        pair = await self.accounts.key_pair(stdid)
+        if pair is not None and self.homes.identity(stdid) is None:
+            pair = None  # no host account to own it: no key
+        return await self.homes.work_in_home(stdid, self.accounts.furnish_home, pair) or None
 
     async def find_workshop_id(self, workshop: Workshop) -> int:
         """The registration app's id of `workshop` (its notebook name), from GET /workshops."""

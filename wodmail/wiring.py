@@ -6,8 +6,11 @@ refuse a wrong key before it listens; the jobs process to work with.
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 
+from wodmail.accounts import Accounts
 from wodmail.errors import ConfigError
 from wodmail.homes import Homes
 from wodmail.hub import Hub
@@ -52,9 +55,10 @@ def build_services(
     if location.api_endpoint:
         app = RegistrationApp(location.api_endpoint, location.api_user or "", location.api_password or "", client)
     hub = Hub.from_location(location, client)
+    homes = Homes.from_location(location)
     services = Services(
         location=location,
-        homes=Homes.from_location(location),
+        homes=homes,
         renderer=Renderer(
             optional_variables=location.optional_variables, code_cache=location.state_dir / "template-cache"
         ),
@@ -62,6 +66,7 @@ def build_services(
         hub=hub,
         app=app,
         directory=directory,
+        accounts=Accounts.from_location(location, on_created=homes.forget_account),
     )
     return services, app
 
@@ -79,3 +84,6 @@ async def check_settings(location: Location) -> None:
     async with httpx.AsyncClient() as client:
         services, _ = build_services(location, client)
     services.homes.check()
+    if services.accounts is not None:
+        services.accounts.check()
+        logging.getLogger(__name__).info("%s", services.accounts.describe())

@@ -33,8 +33,11 @@ c.JupyterHub.pid_file = os.path.join(root, "jupyterhub.pid")
 c.JupyterHub.cleanup_servers = False  # tests/jupyterhub.py ends them all at once, faster
 c.JupyterHub.cleanup_proxy = True
 
-# -- who: students allowed up front; nobody logs in through a browser --------------------
-c.JupyterHub.authenticator_class = "null"
+# -- who: students allowed up front; nobody logs in through a browser, except with "pam":
+# then students log in with their host account's password (PAMAuthenticator, service "login",
+# as a Jupyter host of the platform does; tests/test_accounts.py runs this hub as root) -----
+c.JupyterHub.authenticator_class = settings.get("authenticator", "null")
+c.PAMAuthenticator.open_sessions = False
 c.Authenticator.allowed_users = set(settings["allowed_users"])
 
 # -- wodmail's service token, with the scopes wodmail needs ------------------------------
