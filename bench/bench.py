@@ -221,7 +221,10 @@ def host_accounts(count: int, homes: Path, wanted: str) -> Iterator[str]:
                 capture_output=True,
             )
             made.append(name)
-        yield f"{count} host accounts: work in homes as each student, processes ended as the student"
+        yield (
+            f"{count} host accounts: passwords set in /etc/shadow (ACCOUNTS: unix), work in homes as each"
+            " student, processes ended as the student"
+        )
     finally:
         for name in made:
             subprocess.run(["userdel", name], check=False, capture_output=True)
@@ -447,6 +450,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             WORKERS=args.workers,
             SMTPPEERCONNECTIONS=args.connections + 10,  # the registration app is one peer
         )
+        if "ACCOUNTS: unix" in accounts:  # the accounts are the run's own: their passwords are set too
+            site.values["ACCOUNTS"] = "unix"
         for setting in args.set:
             key, _, value = setting.partition("=")
             site.values[key] = yaml.safe_load(value)
