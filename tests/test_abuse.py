@@ -38,8 +38,9 @@ def read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
 
 def legacy_replies(port: int, dialogue: bytes, source: str = "127.0.0.1") -> list[str]:
     with socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0)) as sock:
-        sock.sendall(dialogue)
-        sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):  # a peer turned away when accepted is closed at once
+            sock.sendall(dialogue)
+            sock.shutdown(socket.SHUT_WR)
         received, _ = read_until_closed(sock, 30)
     return [line for line in received.decode().split("\r\n") if line]
 
@@ -102,8 +103,8 @@ def test_legacy_door_caps_each_connection(site: Site, daemon_factory: Callable[[
         for n in range(1, 13)
     )
     replies = legacy_replies(site.legacy_port, many)
-    assert "421 4.7.0 Too many transactions on one connection, closing" in replies
-    assert sum(line.startswith("250 queued as job") for line in replies) == 10
+    assert "554 5.7.0 One command per connection: nothing after the first end of data is run" in replies
+    assert sum(line.startswith("250 queued as job") for line in replies) == 1
     rcpts = b"HELO app\nMAIL FROM: wod@example.com\n" + b"".join(b"RCPT TO: r%d@example.com\n" % n for n in range(101))
     assert "452 4.5.3 Too many recipients" in legacy_replies(site.legacy_port, rcpts + b"QUIT\n")
 
@@ -283,7 +284,7 @@ def test_one_data_one_command_on_the_legacy_door(site: Site, daemon_factory: Cal
     # A peer the location does not list gets nothing through, framing tricks or not.
     two = start + b"Subject: CREATE 70 c70\nWKSHP-Sample\n.\n" + start[9:] + b"Subject: PURGE 71 c71\n\n.\n"
     replies = legacy_replies(site.legacy_port, two, source=OTHER_PEER)
-    denied = f"550 {OTHER_PEER} may not send commands on the legacy port (not in LEGACYPEERS)"
-    assert replies.count(denied) == 2
+    # Closed when accepted, before a byte is read: one 554 and nothing else.
+    assert replies == [f"554 5.7.1 {OTHER_PEER} may not use the legacy port (not in LEGACYPEERS)"]
     assert {row[2] for row in site.jobs()} == set(range(60, 65))
     assert threading.active_count() >= 1

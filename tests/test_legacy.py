@@ -277,11 +277,12 @@ async def test_smtplib_converses_on_the_legacy_door(start_door: Starter) -> None
             answers.append(smtp.mail("<registration@example.com>"))
             answers.append(smtp.rcpt("jupyter3@example.com"))
             answers.append(smtp.data(message))
-            refused = smtp.sendmail("registration@example.com", ["jupyter3@example.com"], message)
-            assert refused == {}
             answers.append(smtp.noop())
             answers.append(smtp.rset())
-            answers.append(smtp.quit())
+            # One command per connection: a second transaction is refused, and the door closes.
+            with pytest.raises(smtplib.SMTPSenderRefused) as caught:
+                smtp.sendmail("registration@example.com", ["jupyter3@example.com"], message)
+            answers.append((caught.value.smtp_code, caught.value.smtp_error[:30]))
             return answers
 
     answers = await asyncio.to_thread(standard_client)
@@ -293,9 +294,9 @@ async def test_smtplib_converses_on_the_legacy_door(start_door: Starter) -> None
         (250, b"queued as job 17"),
         (250, b"OK"),
         (250, b"OK"),
-        (221, b"Bye"),
+        (554, b"5.7.0 One command per connecti"),
     ]
-    assert [m.data for m in door.intake.mails] == [b"Subject: RESET 12 4242\n\nWKSHP-Reset101\n"] * 2
+    assert [m.data for m in door.intake.mails] == [b"Subject: RESET 12 4242\n\nWKSHP-Reset101\n"]
     assert door.intake.mails[0].mail_from == "registration@example.com"
 
 
@@ -344,16 +345,13 @@ async def test_mail_from_with_and_without_brackets(start_door: Starter, mail_fro
     assert (mail.mail_from, mail.rcpt_tos) == ("a@example.com", ("b@example.com",))
 
 
-async def test_two_transactions_written_at_once_are_both_committed(start_door: Starter) -> None:
+async def test_of_two_transactions_written_at_once_only_the_first_is_committed(start_door: Starter) -> None:
     door = await start_door()
 
     replies = await asyncio.to_thread(talk, door.port, (DATA / "two-transactions-at-once.txt").read_bytes())
 
-    assert codes(replies) == [220, 250, 250, 250, 354, 250, 250, 250, 354, 250]
-    assert [m.data for m in door.intake.mails] == [
-        b"Subject: CREATE 14 4245\nWKSHP-Ansible101\n",
-        b"Subject: PURGE 15 4246\nWKSHP-Ansible101\n",
-    ]
+    assert codes(replies) == [220, 250, 250, 250, 354, 250, 554]  # one command per connection
+    assert [m.data for m in door.intake.mails] == [b"Subject: CREATE 14 4245\nWKSHP-Ansible101\n"]
 
 
 async def test_a_final_dot_without_its_lf_still_ends_the_data(start_door: Starter) -> None:
@@ -368,7 +366,7 @@ async def test_a_final_dot_without_its_lf_still_ends_the_data(start_door: Starte
 # ---- limits ----------------------------------------------------------------------------
 
 
-async def test_an_oversized_message_is_refused_and_the_next_one_still_committed(
+async def test_an_oversized_message_is_refused_and_nothing_after_it_committed(
     start_door: Starter,
 ) -> None:
     door = await start_door(limits=LegacyLimits(max_message=1000, greeting_delay=0.25))
@@ -377,8 +375,8 @@ async def test_an_oversized_message_is_refused_and_the_next_one_still_committed(
 
     replies = await asyncio.to_thread(talk, door.port, payload)
 
-    assert codes(replies) == [220, 250, 250, 250, 354, 552, 250, 250, 354, 250]
-    assert [m.data for m in door.intake.mails] == [b"Subject: CREATE 2 2\nWKSHP-Ansible101\n"]
+    assert codes(replies) == [220, 250, 250, 250, 354, 552, 554]
+    assert door.intake.mails == []
 
 
 async def test_an_oversized_single_line_is_refused(start_door: Starter) -> None:
@@ -408,14 +406,14 @@ async def test_a_too_long_command_line_gets_500_and_the_dialogue_goes_on(
     assert codes(replies) == [220, 500, 500, 250, 221]
 
 
-async def test_the_connection_is_closed_after_max_transactions(start_door: Starter) -> None:
-    door = await start_door(limits=LegacyLimits(max_transactions=2))
+async def test_a_connection_carries_one_transaction(start_door: Starter) -> None:
+    door = await start_door()
     one = legacy_dialogue("PURGE 1 2")[14:]  # MAIL .. "."
 
     replies = await asyncio.to_thread(talk, door.port, b"HELO x\n" + one * 3)
 
-    assert codes(replies) == [220, 250] + [250, 250, 354, 250] * 2 + [421]
-    assert len(door.intake.mails) == 2
+    assert codes(replies) == [220, 250, 250, 250, 354, 250, 554]
+    assert len(door.intake.mails) == 1
 
 
 async def test_a_slow_client_is_cut_by_the_total_timeout(start_door: Starter) -> None:

@@ -523,20 +523,23 @@ def cmd_render(location: Location, args: argparse.Namespace) -> int:
 
 def cmd_workshops_sync(location: Location, args: argparse.Namespace) -> int:
     """Exit 0: no difference; 1: differences shown; 75: the app could not be read."""
-    import httpx
     import yaml
 
     from wodmail import sync
     from wodmail.errors import StepFailed, TransientError
     from wodmail.regapp import AppRefused, RegistrationApp
+    from wodmail.transport import HttpClient
 
     if not location.api_endpoint:
         raise ConfigError(location.file, "APIENDPOINT", "not set: there is no registration app to compare with")
     endpoint, user, password = location.api_endpoint, location.api_user or "", location.api_password or ""
 
     async def fetch() -> list[dict[str, object]]:
-        async with httpx.AsyncClient(timeout=30.0) as client:
+        client = HttpClient(timeout=30.0)
+        try:
             return await RegistrationApp(endpoint, user, password, client).workshops()
+        finally:
+            await client.aclose()
 
     try:
         listing = sync.parse_listing(asyncio.run(fetch()))

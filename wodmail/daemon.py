@@ -30,10 +30,11 @@ from pathlib import Path
 
 from wodmail import queue
 from wodmail.admin import AdminDoor
+from wodmail.admission import ConnectionBudget, Listener, whole_number
 from wodmail.errors import ConfigError
 from wodmail.intake import CommandIntake
 from wodmail.jobs import STOP_GRACE, JobsProcess
-from wodmail.legacy import LegacyLimits, drain, start_legacy_server
+from wodmail.legacy import LegacyLimits, LegacyPolicy, drain, start_legacy_server
 from wodmail.location import Location
 from wodmail.passwords import PasswordMint, remove_temporaries
 from wodmail.peers import HostPeers
@@ -102,7 +103,9 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
         max_message=location.max_message_size,
         idle_timeout=seconds(location, "LEGACYIDLETIMEOUT", 10),
         total_timeout=seconds(location, "LEGACYSESSIONTIMEOUT", 60),
+        peer_connections=whole_number(location, "LEGACYPEERCONNECTIONS", 50),
     )
+    budget = ConnectionBudget.from_location(location)  # one for both doors
     writer = queue.Writer(db_path, floor=location.free_space_floor)
     jobs = JobsProcess(location, keep_fds=(lock_fd,))
     host_peers = HostPeers()
@@ -116,7 +119,7 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
         log.warning("%s", warning)
     await jobs.start()
     watcher = asyncio.create_task(jobs.watch(), name="jobs-watch")
-    servers: list[asyncio.Server] = []
+    servers: list[Listener] = []
     legacy_server = None
     admin = AdminDoor(intake, location.state_dir, location.max_message_size)
     admin_started = False
@@ -132,6 +135,7 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
                 limits=smtp_limits,
                 security=smtp_security,
                 host_peers=host_peers,
+                budget=budget,
             )
         )
         if location.legacy_port is not None:
@@ -141,6 +145,8 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
                 location.legacy_port,
                 legacy_limits,
                 host_peers,
+                LegacyPolicy(location),
+                budget,
             )
             servers.append(legacy_server)
         for server in servers:

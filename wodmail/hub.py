@@ -44,7 +44,7 @@ import httpx
 from wodmail.errors import ConfigError, StepFailed, TransientError
 from wodmail.location import Location
 from wodmail.regapp import describe
-from wodmail.transport import Requester
+from wodmail.transport import Requester, UnsafeRequest, check_header_value
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,10 @@ class Hub:
         """The hub of `location` (None without JPHUBAPISRV); checks the HUB* keys."""
         if not location.hub_url:
             return None
+        try:
+            check_header_value("Authorization", f"token {location.hub_token or ''}")
+        except UnsafeRequest:
+            raise ConfigError(location.file, "JPHUBTOKEN", "holds a control character (CR, LF, ...)") from None
         return cls(
             location.hub_url,
             location.hub_token or "",

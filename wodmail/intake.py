@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from wodmail import queue
+from wodmail.admission import Summary
 from wodmail.command import Command, command_from_fields, read_fields
 from wodmail.errors import BadCommand, NotPermitted, Refusal, TryLater
 from wodmail.inbound import InboundMail, Reply
@@ -22,6 +23,7 @@ from wodmail.received import relay_address
 from wodmail.signing import Signatures, Verified, signature_of
 
 log = logging.getLogger(__name__)
+refusals = Summary(log)
 
 
 class CommandIntake:
@@ -69,8 +71,21 @@ class CommandIntake:
         """A mail cut off before its end (legacy door): not a command, but kept for the operator."""
         await self._refuse(mail, 451, reason)
 
+    async def record_refused(self, mail: InboundMail, code: int, reason: str) -> None:
+        """A mail the door refused by itself (legacy door: what followed the first command)."""
+        await self._refuse(mail, code, reason)
+
     async def _refuse(self, mail: InboundMail, code: int, reason: str) -> Reply:
-        log.info("refused a mail from %s on %s: %d %s", mail.peer or "this host", mail.door, code, reason)
+        # Once per peer and interval, with a count: a flood of refusals must not flood the log.
+        refusals.note(
+            logging.INFO,
+            f"{mail.door} {mail.peer}",
+            "refused a mail from %s on %s: %d %s",
+            mail.peer or "this host",
+            mail.door,
+            code,
+            reason,
+        )
         try:
             await self.writer.run(queue.record_refusal(mail, code, reason))
         except TryLater:

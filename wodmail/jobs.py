@@ -34,7 +34,7 @@ from wodmail.errors import TryLater
 from wodmail.location import Location
 from wodmail.passwords import PasswordMint
 from wodmail.regapp import Outbox
-from wodmail.transport import LeanClient, LeanTransport
+from wodmail.transport import HttpClient
 from wodmail.wiring import build_services, jobs_nice, seconds
 from wodmail.worker import Worker
 
@@ -77,8 +77,7 @@ async def run_jobs(location: Location, wake_fd: int) -> None:
     for job_id in held:
         log.warning("job %d was interrupted too often and is set aside (wodmail jobs show %d)", job_id, job_id)
     mint = PasswordMint.for_state_dir(location.state_dir)
-    transport = LeanTransport(max_per_origin=32, timeout=30.0, connect_timeout=10.0)
-    client = LeanClient(transport)
+    client = HttpClient(max_per_origin=32, timeout=30.0, connect_timeout=10.0)
     try:
         services, app = build_services(location, client, directory)
         clear_hook_runs(services.playbooks.run_dir)

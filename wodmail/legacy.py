@@ -42,12 +42,23 @@ door never loses one:
   the intake has that method (it may be sync or async), else a warning names the peer and the
   byte count. A final line without its LF at EOF still counts as a line, so a ``.`` whose LF
   got lost still ends the DATA.
+* **One command per connection.** The app never sends two; a second one is an injection
+  (a ``.`` line inside a body ends the mail there, and what follows would read as a new
+  transaction). So nothing after the first end of DATA is run: QUIT, NOOP and RSET are
+  answered, anything else (up to `max_message` bytes of it, all of what is buffered) is
+  recorded as refused, ``intake.record_refused(mail, 554, reason)`` if the intake has that
+  method, and answered once with 554; a standard client is then disconnected.
 * Limits (`LegacyLimits`): message size (552, the rest of that DATA discarded, nothing
-  submitted), command line length (500), transactions per connection (421 and close), idle
-  and total time (the connection is closed after whatever complete input it holds is
-  processed; 421 in conversation mode). A client sending one byte a second is cut by the total
-  timeout.
+  submitted), command line length (500), idle and total time (the connection is closed
+  after whatever complete input it holds is processed; 421 in conversation mode). A client
+  sending one byte a second is cut by the total timeout.
 * Nothing from a message (it may hold secrets) is logged: only the peer, sizes and reply codes.
+* **Admission before reading** (`LegacyPolicy`, from the location): a peer outside LEGACYPEERS
+  is answered 554 and closed when the connection is accepted, before a byte is read, and
+  holds no slot. A listed address may hold `LegacyLimits.peer_connections` connections at
+  once (421 beyond); every connection takes a slot of the `ConnectionBudget` the doors share
+  (wodmail.admission): a trusted one, or a stranger's for a local user outside
+  LOCALPEERUSERS (a student on loopback). Refusals are logged once per interval, with counts.
 
 Shutdown: `drain(server)` (or `LegacyDoor.drain`) closes the listener, lets open connections
 finish for `grace` seconds (default 1), ends the rest (processing what they already sent), and
@@ -70,16 +81,23 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+from wodmail.admission import ConnectionBudget, Listener, PerAddress, Slot, Summary
 from wodmail.errors import Refusal, TryLater
 from wodmail.inbound import InboundMail, Intake, Reply
-from wodmail.peers import HostPeers, LocalClient
+from wodmail.location import Location
+from wodmail.peers import HostPeers, LocalClient, parse_address
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LegacyDoor", "LegacyLimits", "drain", "start_legacy_server"]
+__all__ = ["LegacyDoor", "LegacyLimits", "LegacyPolicy", "drain", "start_legacy_server"]
+
+summary = Summary(log)
 
 #: Recipients per transaction; the legacy client sends one.
 MAX_RECIPIENTS = 100
+
+#: The answer to the first line after the first end of DATA.
+ONE_COMMAND = "554 5.7.0 One command per connection: nothing after the first end of data is run"
 
 _MAIL_RE = re.compile(r"MAIL\s+FROM\s*:(?P<rest>.*)\Z", re.IGNORECASE | re.DOTALL)
 _RCPT_RE = re.compile(r"RCPT\s+TO\s*:(?P<rest>.*)\Z", re.IGNORECASE | re.DOTALL)
@@ -93,14 +111,37 @@ class LegacyLimits:
     """Bytes of message data; beyond, the transaction is refused (552), the rest discarded."""
     max_line: int = 4096
     """Bytes of one command line; a longer one gets 500."""
-    max_transactions: int = 10
-    """Transactions (ended DATAs) per connection; the next MAIL gets 421 and the close."""
     idle_timeout: float = 10.0
     """Seconds without a byte (while the door waits for input) before the connection ends."""
     total_timeout: float = 60.0
     """Seconds a connection may last at most."""
     greeting_delay: float = 0.25
     """Seconds the door waits for talk before the greeting before it greets."""
+    peer_connections: int = 50
+    """Connections open at once from one address (LEGACYPEERCONNECTIONS)."""
+
+
+@dataclass(frozen=True)
+class LegacyPolicy:
+    """Which peers may connect at all: LEGACYPEERS, and on this host LOCALPEERUSERS."""
+
+    location: Location
+
+    def refusal(self, peer: str | None) -> str | None:
+        """Why `peer` may not use the legacy door at all, or None if its address may."""
+        if peer is None or not self.location.peer_is_legacy(peer):
+            return f"{peer} may not use the legacy port (not in LEGACYPEERS)"
+        return None
+
+    def trusted(self, peer: str, local_client: LocalClient | None) -> bool:
+        """Whether a listed peer is the app: not a local user outside LOCALPEERUSERS (a
+        student on this host connects from a listed loopback address as easily). Those
+        others are strangers: capped and evicted like any, and the intake refuses their
+        commands with the reason and a record."""
+        if local_client is not None:
+            return local_client.uid is not None and local_client.uid in self.location.local_peer_uids
+        address = parse_address(peer)
+        return address is None or not address.is_loopback
 
 
 def _parse_path(rest: str) -> str | None:
@@ -123,22 +164,29 @@ class LegacyDoor:
     """The listener's shared state: the intake, the limits, and what is still running."""
 
     def __init__(
-        self, intake: Intake, limits: LegacyLimits = LegacyLimits(), host_peers: HostPeers | None = None
+        self,
+        intake: Intake,
+        limits: LegacyLimits = LegacyLimits(),
+        host_peers: HostPeers | None = None,
+        policy: LegacyPolicy | None = None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         self.intake = intake
         self.limits = limits
         self.host_peers = host_peers or HostPeers()
+        self.policy = policy
+        self.budget = budget or ConnectionBudget()
+        self.per_address = PerAddress(limits.peer_connections)
         self.hostname = socket.gethostname() or "localhost"
         self._sessions: set[_LegacySession] = set()
         self._session_tasks: set[asyncio.Task[None]] = set()
         self._commits: set[asyncio.Task[Any]] = set()
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
         self.shutting_down = False
 
-    async def start(self, host: str, port: int) -> asyncio.Server:
+    async def start(self, host: str, port: int) -> Listener:
         """Listen on host:port; the returned server is what `drain` takes."""
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _LegacySession(self), host, port)
+        server = await Listener.start(lambda: _LegacySession(self), host, port, summary, "legacy")
         self._server = server
         _DOORS[server] = self
         return server
@@ -174,17 +222,24 @@ class LegacyDoor:
             await self._server.wait_closed()
 
 
-_DOORS: weakref.WeakKeyDictionary[asyncio.Server, LegacyDoor] = weakref.WeakKeyDictionary()
+_DOORS: weakref.WeakKeyDictionary[Listener, LegacyDoor] = weakref.WeakKeyDictionary()
 
 
 async def start_legacy_server(
-    intake: Intake, host: str, port: int, limits: LegacyLimits = LegacyLimits(), host_peers: HostPeers | None = None
-) -> asyncio.Server:
-    """Start the legacy door on host:port. Shut it down with `drain(server)`."""
-    return await LegacyDoor(intake, limits, host_peers).start(host, port)
+    intake: Intake,
+    host: str,
+    port: int,
+    limits: LegacyLimits = LegacyLimits(),
+    host_peers: HostPeers | None = None,
+    policy: LegacyPolicy | None = None,
+    budget: ConnectionBudget | None = None,
+) -> Listener:
+    """Start the legacy door on host:port. Shut it down with `drain(server)`. Without a
+    `policy` every peer is admitted (the intake still decides who may send commands)."""
+    return await LegacyDoor(intake, limits, host_peers, policy, budget).start(host, port)
 
 
-async def drain(server: asyncio.Server, grace: float = 1.0) -> None:
+async def drain(server: Listener, grace: float = 1.0) -> None:
     """Shut down a server from `start_legacy_server`: see `LegacyDoor.drain`."""
     door = _DOORS.get(server)
     if door is None:
@@ -205,6 +260,8 @@ class _LegacySession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
         self.local_client: LocalClient | None = None
+        self._slot: Slot | None = None
+        self._counted = False  # counted in door.per_address
         # input
         self._buf = bytearray()
         self._pos = 0
@@ -225,6 +282,9 @@ class _LegacySession(asyncio.Protocol):
         self._data_size = 0
         self._data_overflow = False
         self._transactions = 0
+        # after the first end of DATA: what followed it (never run), and its size
+        self._extra: list[bytes] = []
+        self._extra_size = 0
         # timers
         self._busy = False
         self._last_input = self.loop.time()
@@ -240,6 +300,8 @@ class _LegacySession(asyncio.Protocol):
         self.peer = str(peername[0]) if peername else None
         # Asked at once: the client's socket is open now; by the end of DATA it may not be.
         self.local_client = self.door.host_peers.client_of(transport.get_extra_info("sockname"), peername)
+        if not self._admit():
+            return
         log.debug("legacy %s: connected", self.peer)
         self._timers.append(self.loop.call_later(self.limits.greeting_delay, self._greet))
         self._timers.append(self.loop.call_later(self.limits.total_timeout, self.end_input, "total"))
@@ -251,12 +313,65 @@ class _LegacySession(asyncio.Protocol):
         if self.door.shutting_down:
             self.end_input("shutdown")
 
+    def _admit(self) -> bool:
+        """Whether this connection may stay; else it is answered, closed, and holds nothing."""
+        door = self.door
+        policy = door.policy
+        refusal = policy.refusal(self.peer) if policy is not None else None
+        if refusal is not None:
+            summary.note(logging.INFO, "denied", "legacy %s: refused when accepted: %s", self.peer, refusal)
+            return self._turn_away(f"554 5.7.1 {refusal}")
+        if not door.per_address.admit(self.peer or "?"):
+            summary.note(
+                logging.WARNING,
+                "per-address",
+                "legacy %s: over %d connections from one address, refused",
+                self.peer,
+                door.per_address.limit,
+            )
+            return self._turn_away(
+                f"421 4.7.0 too many connections from your address (at most {door.per_address.limit})"
+            )
+        self._counted = True
+        trusted = policy is None or policy.trusted(self.peer or "?", self.local_client)
+        self._slot = door.budget.admit(trusted, self._evicted)
+        if self._slot is None:
+            summary.note(logging.WARNING, "budget", "legacy %s: every connection slot taken, refused", self.peer)
+            return self._turn_away("421 4.7.0 too busy, try again later")
+        return True
+
+    def _evicted(self) -> None:
+        """Closed for a trusted peer's sake (this stranger was idle longest)."""
+        self._slot = None
+        summary.note(logging.INFO, "evicted", "legacy %s: idle stranger closed for a trusted peer", self.peer)
+        self.end_input("evicted")
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _turn_away(self, line: str) -> bool:
+        self._eof = True
+        self._release()
+        if self.transport is not None:
+            self.transport.write(line.encode("ascii", "replace") + b"\r\n")
+            self.transport.close()
+        return False
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.door.per_address.release(self.peer or "?")
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
+
     def data_received(self, data: bytes) -> None:
         if self._eof or self._ended:
             return
         if self._mode is None:
             self._mode = "batch"
             log.debug("legacy %s: talk before the greeting, batch mode", self.peer)
+        if self._slot is not None:
+            self._slot.touch()
         self._buf += data
         self._last_input = self.loop.time()
         if len(self._buf) - self._pos > self.limits.max_message + self.limits.max_line + 4096:
@@ -269,6 +384,7 @@ class _LegacySession(asyncio.Protocol):
         return True  # keep the transport open: the replies are still to be written
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
         if exc is not None:
             log.debug("legacy %s: connection lost: %s", self.peer, exc)
         self._eof = True
@@ -389,6 +505,12 @@ class _LegacySession(asyncio.Protocol):
         partial = len(self._buf) - self._pos
         if partial <= self.limits.max_line:
             return  # short enough to wait for its LF (it may be the "." line)
+        if self._transactions:  # after the command: never run, only counted
+            if not self._extra_size:
+                self._reply(ONE_COMMAND)
+            self._extra_size += partial
+            self._drop_partial()
+            return
         if not self._in_data:
             self._reply("500 5.5.2 Line too long")
             log.info("legacy %s: command line over %d bytes", self.peer, self.limits.max_line)
@@ -412,6 +534,9 @@ class _LegacySession(asyncio.Protocol):
             self._resume()
 
     async def _handle(self, line: bytes) -> None:
+        if self._transactions:
+            self._after_the_command(line)
+            return
         if self._in_data:
             if line == b".":
                 await self._end_of_data()
@@ -455,6 +580,29 @@ class _LegacySession(asyncio.Protocol):
         else:
             self._reply("500 5.5.2 Error: command not recognized")
 
+    def _after_the_command(self, line: bytes) -> None:
+        """A line after the first end of DATA: never run; kept for the refusal record."""
+        verb = line.strip().upper()
+        if not self._extra_size and verb in (b"QUIT", b"NOOP", b"RSET", b""):
+            if verb == b"QUIT":
+                self._reply("221 Bye")
+                self._done = True
+            elif verb:
+                self._reply("250 OK")
+            return
+        if not self._extra_size:
+            self._reply(ONE_COMMAND)
+        self._extra_size += len(line) + 1
+        if self._extra_size <= self.limits.max_message:
+            self._extra.append(line)
+        if self._mode == "live":
+            # A standard client waits for each reply: take what it already sent, then close.
+            while (more := self._next_line()) is not None:
+                self._extra_size += len(more) + 1
+                if self._extra_size <= self.limits.max_message:
+                    self._extra.append(more)
+            self._done = True
+
     def _mail(self, text: str) -> None:
         match = _MAIL_RE.match(text)
         if match is None:
@@ -462,11 +610,6 @@ class _LegacySession(asyncio.Protocol):
             return
         if self._mail_from is not None:
             self._reply("503 5.5.1 Error: nested MAIL command")
-            return
-        if self._transactions >= self.limits.max_transactions:
-            self._reply("421 4.7.0 Too many transactions on one connection, closing")
-            log.info("legacy %s: transaction limit %d reached", self.peer, self._transactions)
-            self._done = True
             return
         address = _parse_path(match["rest"])
         if address is None:
@@ -566,6 +709,8 @@ class _LegacySession(asyncio.Protocol):
             await self._record_incomplete(reason)
             self._reply("451 4.3.0 Data incomplete, nothing committed")
             self._reset_transaction()
+        if self._extra_size:
+            await self._record_extra()
         if self._ended == "shutdown" and not self._done:
             self._reply("421 4.3.2 Shutting down, closing")
         elif self._ended and not self._done:
@@ -597,6 +742,34 @@ class _LegacySession(asyncio.Protocol):
             raise
         except Exception:
             log.exception("legacy %s: recording a %d-byte incomplete mail failed", self.peer, size)
+        finally:
+            self._busy = False
+
+    async def _record_extra(self) -> None:
+        """Record what followed the first end of DATA as a refused mail (never run)."""
+        size = self._extra_size
+        reason = f"one command per connection: {size} bytes after the first end of data were not run"
+        summary.note(logging.WARNING, "after the command", "legacy %s: %s", self.peer, reason)
+        record = getattr(self.door.intake, "record_refused", None)
+        if record is None:
+            return
+        mail = InboundMail(
+            door="legacy",
+            peer=self.peer,
+            mail_from="",
+            data=b"".join(line + b"\n" for line in self._extra),
+            local_client=self.local_client,
+        )
+        self._extra, self._extra_size = [], 0
+        self._busy = True
+        try:
+            result = record(mail, 554, reason)
+            if inspect.isawaitable(result):
+                await asyncio.shield(self.door.track_commit(result))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("legacy %s: recording %d bytes after the command failed", self.peer, size)
         finally:
             self._busy = False
 

@@ -20,6 +20,7 @@ import logging
 import random
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import replace
 from typing import Any
 
@@ -29,7 +30,7 @@ from wodmail import queue
 from wodmail.errors import StepFailed, TransientError, TryLater
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Callback, OutboxEntry
-from wodmail.transport import Requester
+from wodmail.transport import Requester, UnsafeRequest, check_header_value
 from wodmail.wakeups import wait_for_wake
 
 log = logging.getLogger(__name__)
@@ -41,21 +42,31 @@ MAX_CLIENT_ERRORS = 5
 BACKOFF_CAP = 300.0
 
 
+def path_part(what: str, value: object) -> str:
+    """`value` as one segment of a URL path: percent-encoded (a "/" or "?" stays inside it);
+    a value with a control character (CR, LF, ...) is refused (StepFailed) and never sent."""
+    text = str(value)
+    if not text or any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise StepFailed(f"{what} {text[:40]!r} is empty or holds a control character: no callback can carry it")
+    return urllib.parse.quote(text, safe="")
+
+
 def student(dbid: int, **fields: str) -> Callback:
-    return Callback("PUT", f"/student/{dbid}", dict(fields))
+    return Callback("PUT", f"/student/{path_part('student id', dbid)}", dict(fields))
 
 
 def student_password(dbid: int, password_name: str, **fields: str) -> Callback:
     """PUT /student/{dbid} {"password": <the job's password `password_name`>, ...}."""
-    return Callback("PUT", f"/student/{dbid}", dict(fields), secret_field="password", secret_name=password_name)
+    path = f"/student/{path_part('student id', dbid)}"
+    return Callback("PUT", path, dict(fields), secret_field="password", secret_name=password_name)
 
 
 def customer(customer_id: str, **fields: str) -> Callback:
-    return Callback("PUT", f"/customer/{customer_id}", dict(fields))
+    return Callback("PUT", f"/customer/{path_part('customer id', customer_id)}", dict(fields))
 
 
 def workshop(workshop_id: int, **fields: str) -> Callback:
-    return Callback("PUT", f"/workshop/{workshop_id}", dict(fields))
+    return Callback("PUT", f"/workshop/{path_part('workshop id', workshop_id)}", dict(fields))
 
 
 class AppRefused(Exception):
@@ -96,6 +107,13 @@ class RegistrationApp:
                 raise TransientError("login to the registration app answered without an accessToken") from None
             if not isinstance(token, str) or not token:
                 raise TransientError("login to the registration app answered an empty accessToken")
+            try:
+                check_header_value("x-access-token", token)
+            except UnsafeRequest:
+                raise TransientError(
+                    "login to the registration app answered an accessToken with a control character"
+                    " (it cannot go in a header)"
+                ) from None
             self._token = token
             self.logins += 1
             return token
@@ -297,6 +315,12 @@ class Outbox:
             )
             await self._writer.run(queue.outbox_failed(entry.id, retry_at, str(exc)))
             return retry_at
+        except StepFailed as exc:
+            # A request that can never be sent as it is (a control character in a value):
+            # set aside at once, for an operator to see.
+            log.warning("job %d: callback %s set aside: %s", entry.job_id, what, exc)
+            await self._writer.run(queue.outbox_failed(entry.id, None, str(exc)))
+            return None
         except AppRefused as exc:
             if entry.attempts + 1 >= MAX_CLIENT_ERRORS:
                 log.warning("job %d: callback %s set aside: %s", entry.job_id, what, exc)

@@ -18,6 +18,12 @@ Connection limits (location keys, `SmtpLimits.from_location`):
                          as many sessions as it needs. A connection from this host counts as
                          trusted only when root or LOCALPEERUSERS opened it (wodmail.peers)
 
+Every connection also takes a slot of the `ConnectionBudget` both doors share
+(wodmail.admission): a peer outside TRUSTEDPEERS takes a stranger's slot (421 at once when
+the strangers' share is full, and the stranger idle longest is closed when a trusted peer
+needs its slot); a client that passes SMTP AUTH is trusted from then on. Refusals are
+logged once per interval, with counts.
+
 Lines are at most 1001 bytes (aiosmtpd: RFC 5321), messages at most 4 x MAXMESSAGESIZE
 bytes (aiosmtpd stops a flood with 552) and the intake refuses anything above
 MAXMESSAGESIZE with a record.
@@ -45,12 +51,15 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from wodmail.admission import ConnectionBudget, Listener, Slot, Summary
 from wodmail.errors import ConfigError
 from wodmail.inbound import InboundMail, Intake
 from wodmail.location import Location
 from wodmail.peers import HostPeers, LocalClient
 
 log = logging.getLogger(__name__)
+
+summary = Summary(log)
 
 MAX_RECIPIENTS = 10
 #: AUTH attempts per connection (each check costs a slow password hash).
@@ -197,6 +206,9 @@ class SmtpSecurity:
         password = auth_data.password.decode("utf-8", "replace")
         if self.passwords.check(user, password):
             log.info("smtp %s: SMTP AUTH as %s", _peer_of(session), user[:64])
+            slot = getattr(server, "slot", None)
+            if isinstance(slot, Slot):
+                slot.trust()  # no longer a stranger: its slot cannot be taken from it
             return AuthResult(success=True, auth_data=user)
         log.info("smtp %s: SMTP AUTH failed for %r", _peer_of(session), user[:64])
         return AuthResult(success=False, handled=False)
@@ -292,16 +304,19 @@ class _LimitedSMTP(SMTP):
         peers: _PeerCounter,
         session_timeout: float,
         host_peers: HostPeers | None = None,
+        budget: ConnectionBudget | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
         self._peers = peers
+        self._budget = budget or ConnectionBudget()
+        self.slot: Slot | None = None
+        self._refusal: str | None = None
         self._host_peers = host_peers or HostPeers()
         self.local_client: LocalClient | None = None
         """Who opened the connection, when the client is on this host (asked once, here)."""
         self._session_timeout = session_timeout
         self._admitted: str | None = None
-        self._over_limit = False
         self._session_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -313,16 +328,42 @@ class _LimitedSMTP(SMTP):
         peer = str(peername[0]) if peername else "?"
         # Asked at once, while the client's socket is surely open: later it may be closed.
         self.local_client = self._host_peers.client_of(transport.get_extra_info("sockname"), peername)
-        if self._peers.admit(peer, self.local_client):
-            self._admitted = peer
-            self._session_timer = self.loop.call_later(self._session_timeout, self._session_over)
-        else:
-            self._over_limit = True
-            log.warning("smtp %s: over %d connections from this address, refused", peer, self._peers.limit)
+        if not self._peers.admit(peer, self.local_client):
+            self._refusal = f"421 4.7.0 too many connections from your address (at most {self._peers.limit})"
+            summary.note(
+                logging.WARNING,
+                "per-address",
+                "smtp %s: over %d connections from one address, refused",
+                peer,
+                self._peers.limit,
+            )
+            return
+        self._admitted = peer
+        trusted = not self._peers.capped(peer, self.local_client)
+        self.slot = self._budget.admit(trusted, self._evicted)
+        if self.slot is None:
+            self._refusal = "421 4.7.0 too busy, try again later"
+            summary.note(logging.WARNING, "budget", "smtp %s: every connection slot taken, refused", peer)
+            return
+        self._session_timer = self.loop.call_later(self._session_timeout, self._session_over)
+
+    def data_received(self, data: bytes) -> None:
+        if self.slot is not None:
+            self.slot.touch()
+        super().data_received(data)
+
+    def _evicted(self) -> None:
+        """Closed for a trusted peer's sake (this stranger was idle longest)."""
+        self.slot = None
+        summary.note(logging.INFO, "evicted", "smtp %s: idle stranger closed for a trusted peer", self._admitted)
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(b"421 4.7.0 too busy, closing\r\n")
+            transport.abort()
 
     async def _handle_client(self) -> None:
-        if self._over_limit:
-            await self.push(f"421 4.7.0 too many connections from your address (at most {self._peers.limit})")
+        if self._refusal is not None:
+            await self.push(self._refusal)
             if self.transport is not None:
                 self.transport.close()
             return
@@ -352,6 +393,9 @@ class _LimitedSMTP(SMTP):
         if self._admitted is not None:
             self._peers.release(self._admitted)
             self._admitted = None
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
         super().connection_lost(error)
 
 
@@ -365,9 +409,11 @@ async def start_smtp_server(
     limits: SmtpLimits | None = None,
     security: SmtpSecurity | None = None,
     host_peers: HostPeers | None = None,
-) -> asyncio.Server:
+    budget: ConnectionBudget | None = None,
+) -> Listener:
     """Listen on host:port; each connection gets its own aiosmtpd protocol instance."""
     loop = asyncio.get_running_loop()
+    budget = budget or ConnectionBudget()
     host_peers = host_peers or HostPeers()
     limits = limits or SmtpLimits()
     security = security or SmtpSecurity()
@@ -384,6 +430,7 @@ async def start_smtp_server(
             handler,
             peers=peers,
             host_peers=host_peers,
+            budget=budget,
             session_timeout=limits.session_timeout,
             # The intake refuses (and records) a mail over MAXMESSAGESIZE; aiosmtpd's own cap,
             # further out, only stops a flood before it is buffered whole.
@@ -397,4 +444,4 @@ async def start_smtp_server(
             **auth,
         )
 
-    return await loop.create_server(factory, host=host, port=port, reuse_address=True)
+    return await Listener.start(factory, host, port, summary, "smtp")
