@@ -122,11 +122,12 @@ def daemon_processes(pid: int) -> list[int]:
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """User + system CPU of the daemon's processes so far: the doors' process, and the
-    others (the jobs process)."""
+    others (the jobs process, the keeper), each with its children that ended (chpasswd,
+    the keeper's forks, hooks)."""
     doors = others = 0
     for proc in daemon_processes(pid):
         fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
-        used = int(fields[11]) + int(fields[12])
+        used = sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
         if proc == pid:
             doors += used
         else:
