@@ -526,8 +526,8 @@ def cmd_workshops_sync(location: Location, args: argparse.Namespace) -> int:
     import yaml
 
     from wodmail import sync
-    from wodmail.errors import StepFailed, TransientError
-    from wodmail.regapp import AppRefused, RegistrationApp
+    from wodmail.errors import AppRefused, StepFailed, TransientError
+    from wodmail.regapp import RegistrationApp
     from wodmail.transport import HttpClient
 
     if not location.api_endpoint:

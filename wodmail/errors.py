@@ -12,6 +12,9 @@
     │                    (EX_TEMPFAIL); the sender keeps the mail and tries again
     ├── TransientError   a step failed for a reason that may pass (a server down, busy or slow):
     │                    the job is retried with backoff until its deadline, then fails
+    ├── AppRefused       the registration app answered a client error (4xx) to a callback that
+    │                    retrying the same call will not change: the outbox tries it a few more
+    │                    times, then sets it aside for an operator (`wodmail retry`)
     └── StepFailed       a step failed for good (a template error, a missing directory entry, a
                          refused bind): the job fails at once and stays visible; an operator
                          may retry it after fixing the cause
@@ -72,6 +75,14 @@ class TryLater(WodmailError):
 
 class TransientError(WodmailError):
     """A step failed for a reason that may pass; the job is retried with backoff."""
+
+
+class AppRefused(WodmailError):
+    """The app answered a client error that retrying the same call will not change."""
+
+    def __init__(self, status: int, what: str) -> None:
+        self.status = status
+        super().__init__(f"{what}: the registration app answered {status}")
 
 
 class StepFailed(WodmailError):

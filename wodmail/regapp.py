@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from wodmail import queue
-from wodmail.errors import StepFailed, TransientError, TryLater
+from wodmail.errors import AppRefused, StepFailed, TransientError, TryLater
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Callback, OutboxEntry
 from wodmail.transport import Requester, UnsafeRequest, check_header_value
@@ -67,14 +67,6 @@ def customer(customer_id: str, **fields: str) -> Callback:
 
 def workshop(workshop_id: int, **fields: str) -> Callback:
     return Callback("PUT", f"/workshop/{path_part('workshop id', workshop_id)}", dict(fields))
-
-
-class AppRefused(Exception):
-    """The app answered a client error that retrying the same call will not change."""
-
-    def __init__(self, status: int, what: str) -> None:
-        self.status = status
-        super().__init__(f"{what}: the registration app answered {status}")
 
 
 class RegistrationApp:
