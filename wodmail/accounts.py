@@ -67,6 +67,7 @@ from pathlib import Path
 from wodmail.erase import DIR_FLAGS
 from wodmail.errors import ConfigError, StepFailed, TransientError
 from wodmail.location import AccountSettings, AclEntry, Location, login_defs
+from wodmail.safefs import write_new_file
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,6 @@ TOOL_TIMEOUT = 60.0
 PREFIXES = {"yescrypt": b"$y$", "sha512": b"$6$"}
 CHEAPEST = {"yescrypt": 1, "sha512": 1000}
 _HASH_RE = re.compile(r"\$(y|6)\$[./0-9A-Za-z$=]{8,200}")
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PAM_FILES = ("/etc/pam.d/common-password", "/etc/pam.d/system-auth", "/etc/pam.d/password-auth")
 
 # --------------------------------------------------------------------------- hashing
@@ -349,14 +349,7 @@ def install_key_pair(home: int, pair: KeyPair) -> None:
     try:
         for name, data, mode in ((pair.name, pair.private, 0o600), (pair.name + ".pub", pair.public, 0o644)):
             temporary = f".{name}.{secrets.token_hex(4)}"
-            fd = os.open(temporary, _NEW_FILE, 0o600, dir_fd=folder)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
+            write_new_file(folder, temporary, data, mode)
             os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
     finally:
         os.close(folder)

@@ -40,7 +40,6 @@ TRUSTEDSENDERS say; the job records "SMTP AUTH user NAME".
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import re
 import ssl
@@ -51,7 +50,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from wodmail.admission import ConnectionBudget, Listener, Slot, Summary
+from wodmail.admission import ConnectionBudget, Listener, PerAddress, Slot, Summary
 from wodmail.errors import ConfigError
 from wodmail.inbound import InboundMail, Intake
 from wodmail.location import Location
@@ -268,24 +267,18 @@ class CommandHandler:
         return reply.line.encode("ascii", "backslashreplace").decode("ascii")
 
 
-class _PeerCounter:
-    """Connections open per client address (those `limits.capped`)."""
+class _PeerCounter(PerAddress):
+    """Connections open per client address, capped for those `limits.capped`."""
 
     def __init__(self, limits: SmtpLimits) -> None:
-        self.limit = limits.peer_connections
+        super().__init__(limits.peer_connections)
         self.capped = limits.capped
-        self.open: collections.Counter[str] = collections.Counter()
 
-    def admit(self, peer: str, local_client: LocalClient | None) -> bool:
+    def admit(self, peer: str, local_client: LocalClient | None = None) -> bool:
         if self.open[peer] >= self.limit and self.capped(peer, local_client):
             return False
         self.open[peer] += 1
         return True
-
-    def release(self, peer: str) -> None:
-        self.open[peer] -= 1
-        if self.open[peer] <= 0:
-            del self.open[peer]
 
 
 #: An SMTP path as clients nearly always write it: `<dot-atom@dot-atom>`, then parameters.
