@@ -19,16 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from wodmail.compiled import CompiledWorkshop
 from wodmail.errors import StepFailed
 from wodmail.identity import Identity, acting_as
 from wodmail.notebooks import completion_percentage
+from wodmail.rendering import render_context
 from wodmail.resources import product_path
-from wodmail.workshop import (
-    CompiledWorkshop,
-    Renderer,
-    content_name,
-    render_context,
-)
+from wodmail.workshop import Renderer, content_name
 
 DATA = Path(__file__).parent / "data" / "workshops"
 SHIPPED = product_path("templates") / "workshops"
