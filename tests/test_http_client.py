@@ -20,15 +20,16 @@ import pytest
 from tests.conftest import Site
 from tests.misbehaving_http import MisbehavingServer, drip, ok_json
 from tests.standins import RegistrationApp as AppStandin
-from wodmail import queue, regapp
+from wodmail import callbacks, queue
 from wodmail.command import parse_command
 from wodmail.errors import ConfigError, StepFailed, TransientError
 from wodmail.hub import Hub
 from wodmail.inbound import InboundMail
 from wodmail.location import load_location
+from wodmail.outbox import Outbox
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Callback
-from wodmail.regapp import Outbox, RegistrationApp
+from wodmail.regapp import RegistrationApp
 from wodmail.transport import HttpClient, RedirectRefused, UnsafeRequest
 
 BODY = b'{"ok": true}'
@@ -214,7 +215,7 @@ async def run_outbox_until(outbox: Outbox, db_path: Path, done: Any, timeout: fl
 @pytest.mark.parametrize("case", sorted(OUTBOX_CASES))
 async def test_the_outbox_backs_off_from_a_misbehaving_app(tmp_path: Path, case: str) -> None:
     script, says = OUTBOX_CASES[case]
-    db_path, writer = queued_callback(tmp_path, regapp.customer("4242", cleaned="true"))
+    db_path, writer = queued_callback(tmp_path, callbacks.customer("4242", cleaned="true"))
     errors: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
     with MisbehavingServer(script, routes=LOGIN) as server:
@@ -280,11 +281,11 @@ async def test_control_characters_are_refused_before_anything_is_sent() -> None:
 
 
 def test_callback_paths_are_single_segments_and_refuse_control_characters() -> None:
-    assert regapp.customer("4242", active="true").path == "/customer/4242"
-    assert regapp.customer("a/../workshop/3?x=1", active="true").path == "/customer/a%2F..%2Fworkshop%2F3%3Fx%3D1"
+    assert callbacks.customer("4242", active="true").path == "/customer/4242"
+    assert callbacks.customer("a/../workshop/3?x=1", active="true").path == "/customer/a%2F..%2Fworkshop%2F3%3Fx%3D1"
     for bad in ("12\r\nPURGE 3 4", "12\n", "", "\x7f"):
         with pytest.raises(StepFailed, match="customer id"):
-            regapp.customer(bad, active="true")
+            callbacks.customer(bad, active="true")
 
 
 async def test_a_login_token_with_a_line_break_is_never_sent() -> None:

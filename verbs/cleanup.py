@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from wodmail import regapp
-from wodmail.services import JobRun, Services
+from typing import TYPE_CHECKING
 
-name = "CLEANUP"
-argument_description = "<stdid> <customer-id>; body: the workshop"
-description = (
-    "Rotate the password (the student is locked out), stop the JupyterHub server and end every"
-    " process of the student; then compute the completion percentage, run the cleanup hook and"
-    " report the percentage; a reset workshop keeps the home for RESET, any other has its home"
-    " erased; finally mark the customer cleaned."
+from wodmail import callbacks
+from wodmail.verbspec import VerbSpec
+
+if TYPE_CHECKING:
+    from wodmail.journal import JobRun
+    from wodmail.services import Services
+
+spec = VerbSpec(
+    name="CLEANUP",
+    aliases=("DELETE",),
+    hook="cleanup",
+    description=(
+        "Rotate the password (the student is locked out), stop the JupyterHub server and end every"
+        " process of the student; then compute the completion percentage, run the cleanup hook and"
+        " report the percentage; a reset workshop keeps the home for RESET, any other has its home"
+        " erased; finally mark the customer cleaned."
+    ),
 )
 
 
@@ -32,19 +41,17 @@ async def run(job: JobRun, services: Services) -> str:
     await job.step("cleanup hook", services.run_hook, job, workshop, "cleanup", variables, on_disk=True)
     await job.callbacks(
         "report completion",
-        services,
-        regapp.student_password(dbid, command.student_name),
-        regapp.customer(command.customer, completionPercentage=str(completion)),
+        callbacks.student_password(dbid, command.student_name),
+        callbacks.customer(command.customer, completionPercentage=str(completion)),
     )
     if workshop.reset:
         await job.callbacks(
             "keep student for reset",
-            services,
-            regapp.student(dbid, assigned="true"),
-            regapp.customer(command.customer, active="false"),
+            callbacks.student(dbid, assigned="true"),
+            callbacks.customer(command.customer, active="false"),
         )
     else:
-        await job.callbacks("release student", services, regapp.student(dbid, assigned="false"))
+        await job.callbacks("release student", callbacks.student(dbid, assigned="false"))
         await job.step("erase home", services.reset_home, stdid, on_disk=True)
-    await job.callbacks("report cleaned", services, regapp.customer(command.customer, cleaned="true"))
+    await job.callbacks("report cleaned", callbacks.customer(command.customer, cleaned="true"))
     return f"{command.student_name} cleaned up at {completion}% of {workshop.name}"

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from wodmail import regapp
-from wodmail.services import JobRun, Services
+from typing import TYPE_CHECKING
 
-name = "CREATE"
-argument_description = "<stdid> <customer-id> [<customer-email>]; body: the workshop"
-description = (
-    "Set a new password, end any process the student left, reset the home, deploy the workshop with"
-    " the student's values, run its create hook, report the password and activate the customer, start"
-    " the student's JupyterHub server."
+from wodmail import callbacks
+from wodmail.verbspec import VerbSpec
+
+if TYPE_CHECKING:
+    from wodmail.journal import JobRun
+    from wodmail.services import Services
+
+spec = VerbSpec(
+    name="CREATE",
+    customer_email=True,
+    hook="create",
+    description=(
+        "Set a new password, end any process the student left, reset the home, deploy the workshop with"
+        " the student's values, run its create hook, report the password and activate the customer, start"
+        " the student's JupyterHub server."
+    ),
 )
 
 
@@ -28,9 +37,8 @@ async def run(job: JobRun, services: Services) -> str:
     await job.step("create hook", services.run_hook, job, workshop, "create", variables, on_disk=True)
     await job.callbacks(
         "report to registration app",
-        services,
-        regapp.student_password(services.dbid(stdid), command.student_name),
-        regapp.customer(command.customer, active="true"),
+        callbacks.student_password(services.dbid(stdid), command.student_name),
+        callbacks.customer(command.customer, active="true"),
     )
     if services.hub is not None:
         await job.step("start JupyterHub server", services.hub.start, command.student_name)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from wodmail import regapp
-from wodmail.services import JobRun, Services
+from typing import TYPE_CHECKING
 
-name = "PURGE"
-argument_description = "<stdid> <customer-id>; body: the workshop (optional)"
-description = (
-    "Stop the JupyterHub server, rotate the password, end every process of the student, unassign"
-    " the student and report the new password, erase the home."
+from wodmail import callbacks
+from wodmail.verbspec import VerbSpec
+
+if TYPE_CHECKING:
+    from wodmail.journal import JobRun
+    from wodmail.services import Services
+
+spec = VerbSpec(
+    name="PURGE",
+    workshop_required=False,
+    description=(
+        "Stop the JupyterHub server, rotate the password, end every process of the student, unassign"
+        " the student and report the new password, erase the home."
+    ),
 )
 
 
@@ -25,8 +33,7 @@ async def run(job: JobRun, services: Services) -> str:
     await job.step("end processes", services.homes.end_processes, stdid)
     await job.callbacks(
         "release student",
-        services,
-        regapp.student_password(services.dbid(stdid), command.student_name, assigned="false"),
+        callbacks.student_password(services.dbid(stdid), command.student_name, assigned="false"),
     )
     await job.step("erase home", services.reset_home, stdid, on_disk=True)
     return f"{command.student_name} purged"

@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from wodmail import regapp
+from wodmail import callbacks
 from wodmail.errors import StepFailed
-from wodmail.services import JobRun, Services
+from wodmail.verbspec import VerbSpec
 
-name = "RESET"
-argument_description = "<stdid>|<min>,<max> <customer-id>; body: the workshop (a reset workshop)"
-description = (
-    "Rotate every student's password (all at once), stop each JupyterHub server; end every process of"
-    " every student (all at once); then run the workshop's reset hook (required); then for each student:"
-    " unassign, erase the home; a range also sets the workshop's capacity back to the range's size."
+if TYPE_CHECKING:
+    from wodmail.journal import JobRun
+    from wodmail.services import Services
+
+spec = VerbSpec(
+    name="RESET",
+    student_range=True,
+    reset_only=True,
+    hook="reset",
+    description=(
+        "Rotate every student's password (all at once), stop each JupyterHub server; end every process of"
+        " every student (all at once); then run the workshop's reset hook (required); then for each student:"
+        " unassign, erase the home; a range also sets the workshop's capacity back to the range's size."
+    ),
 )
 
 
 async def run(job: JobRun, services: Services) -> str:
     command = job.command
     workshop = services.workshop_of(command)
-    if not workshop.reset:
+    refusal = spec.refusal(command, workshop)
+    if refusal is not None:
         # Intake refuses this; the workshops file may have changed since the mail was taken.
-        raise StepFailed(f"RESET refused: {workshop.name} is not a reset workshop")
+        raise StepFailed(refusal)
     if "reset" not in workshop.hooks:
         raise StepFailed(f"RESET of {workshop.name} needs a reset hook and the workshop has none")
 
@@ -45,7 +55,7 @@ async def run(job: JobRun, services: Services) -> str:
     await job.step("reset hook", services.run_hook, job, workshop, "reset", variables, on_disk=True)
 
     for stdid in command.students:
-        await job.callbacks(f"release student{stdid}", services, regapp.student(services.dbid(stdid), assigned="false"))
+        await job.callbacks(f"release student{stdid}", callbacks.student(services.dbid(stdid), assigned="false"))
         await job.step(f"erase home student{stdid}", services.reset_home, stdid, on_disk=True)
 
     if command.is_range:
@@ -53,6 +63,6 @@ async def run(job: JobRun, services: Services) -> str:
         workshop_id = workshop.app_id
         if workshop_id is None:
             workshop_id = await job.step("find workshop id", services.find_workshop_id, workshop)
-        await job.callbacks("reset capacity", services, regapp.workshop(workshop_id, capacity=str(capacity)))
+        await job.callbacks("reset capacity", callbacks.workshop(workshop_id, capacity=str(capacity)))
     count = len(command.students)
     return f"{count} student(s) of {workshop.name} reset"

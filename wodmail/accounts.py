@@ -401,7 +401,7 @@ class Accounts:
         settings = location.accounts
         if not settings.enabled and settings.ssh_key == "none" and not settings.home_acl:
             return None
-        owner = location.values.get("HOMEOWNER", "student")
+        owner = location.homes.owner
         if settings.ssh_key != "none" and owner != "student":
             raise ConfigError(location.file, "ACCOUNTSSHKEY", "the key belongs to the student: needs HOMEOWNER student")
         limits = (location.student_min, location.student_max)

@@ -36,8 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from wodmail.errors import ConfigError
-from wodmail.location import Location
+from wodmail.location import ConnectionSettings, Location
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class Slot:
 class ConnectionBudget:
     """Slots for connections on both doors; see the module's docstring."""
 
-    def __init__(self, total: int = 1000, reserved: int = 100) -> None:
+    def __init__(self, total: int = ConnectionSettings.total, reserved: int = ConnectionSettings.reserved) -> None:
         limit = descriptor_limit()
         # Accepted connections not yet turned away hold descriptors too: keep a quarter free.
         self.total = max(2, min(total, limit - max(DESCRIPTOR_MARGIN, limit // 4)) if limit else total)
@@ -100,11 +99,8 @@ class ConnectionBudget:
 
     @classmethod
     def from_location(cls, location: Location) -> ConnectionBudget:
-        total = whole_number(location, "MAXCONNECTIONS", 1000)
-        reserved = whole_number(location, "RESERVEDCONNECTIONS", 100)
-        if reserved >= total:
-            raise ConfigError(location.file, "RESERVEDCONNECTIONS", f"must be less than MAXCONNECTIONS ({total})")
-        return cls(total, reserved)
+        """MAXCONNECTIONS and RESERVEDCONNECTIONS of `location`."""
+        return cls(location.connections.total, location.connections.reserved)
 
     @property
     def open(self) -> int:
@@ -138,13 +134,6 @@ def descriptor_limit() -> int:
     """The soft limit on open files of this process (0 if unknown or unlimited)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY and soft > 0 else 0
-
-
-def whole_number(location: Location, key: str, default: int) -> int:
-    value = location.values.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(location.file, key, f"expected a positive whole number, found {value!r}")
-    return value
 
 
 class PerAddress:

@@ -39,6 +39,7 @@ from wodmail import queue
 from wodmail.errors import ConfigError, TryLater, exit_code_for
 from wodmail.inbound import InboundMail
 from wodmail.location import Location, load_location
+from wodmail.verbspec import shipped_verbs
 
 EX_DATAERR = 65
 EX_TEMPFAIL = 75
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Started by `serve` (wodmail/jobs.py), not by operators.
     jobs_process = sub.add_parser("jobs-process", help=argparse.SUPPRESS)
     jobs_process.add_argument("--wake-fd", type=int, required=True)
+    jobs_process.add_argument("--report-fd", type=int)
     jobs_process.set_defaults(handler=cmd_jobs_process)
 
     deliver = sub.add_parser("deliver", help="take one command mail on stdin")
@@ -143,14 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--all", action="store_true", help="compare every workshop the app lists")
     sync.set_defaults(handler=cmd_workshops_sync)
 
+    verbs = shipped_verbs()  # the verbs' own declarations (verbs/)
     send = sub.add_parser(
-        "send", help="compose a command mail and submit it: admin socket, else signed over SMTP (wodmail/send.py)"
+        "send",
+        help="compose a command mail and submit it: admin socket, else signed over SMTP (wodmail/send.py)",
+        epilog="verbs:\n" + "\n".join(f"  {spec.usage}" for spec in verbs.specs),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    send.add_argument("verb", help="CREATE, CLEANUP (DELETE), RESET or PURGE")
-    send.add_argument("arguments", nargs="*", help="the Subject's arguments: STUDENT [CUSTOMER [EMAIL]]")
+    send.add_argument("verb", help=verbs.choices)
+    send.add_argument("arguments", nargs="*", help="the Subject's arguments: STUDENT [CUSTOMER [EMAIL]] (see below)")
     send.add_argument("--workshop", help="the workshop (the mail's body), e.g. WKSHP-Ansible101")
     send.add_argument("--customer", help="the customer id, added after the positional arguments")
-    send.add_argument("--email", help="the customer's address (CREATE), added last")
+    emailed = " or ".join(spec.name for spec in verbs.specs if spec.customer_email)
+    send.add_argument("--email", help=f"the customer's address ({emailed}), added last")
     send.add_argument("--key", help="the id of the key to sign with (default: the first of SIGNINGKEYS)")
     send.add_argument("--from", dest="sender", help="the envelope and From: sender (default: user@host)")
     send.add_argument("--to", dest="recipient", default="wodmail@localhost", help="the recipient")
@@ -163,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_jobs_process(location: Location, args: argparse.Namespace) -> int:
     from wodmail.jobs import run_jobs
 
-    asyncio.run(run_jobs(location, args.wake_fd))
+    asyncio.run(run_jobs(location, args.wake_fd, args.report_fd))
     return 0
 
 
@@ -421,21 +428,15 @@ def cmd_outbox(location: Location, args: argparse.Namespace) -> int:
 
 def cmd_check(location: Location, args: argparse.Namespace) -> int:
     from wodmail.admin import socket_path
+    from wodmail.daemon import prepare
     from wodmail.peers import describe_uid
-    from wodmail.signing import Signatures
-    from wodmail.smtp import SmtpLimits, SmtpSecurity
     from wodmail.trust import shared_host_warnings
-    from wodmail.wiring import check_settings, seconds
 
-    # Every setting `serve` reads at start: a wrong one is the same one-line error here.
-    asyncio.run(check_settings(location))
-    SmtpLimits.from_location(location)
-    SmtpSecurity.from_location(location)
-    signing_keys = Signatures.from_location(location).keys
-    seconds(location, "LEGACYIDLETIMEOUT", 10)
-    seconds(location, "LEGACYSESSIONTIMEOUT", 60)
+    # The location was loaded as `serve` loads it; now what `serve` builds from it before it
+    # starts: a file that cannot be used is the same one-line error here.
+    asyncio.run(prepare(location))
     print(f"location {location.name}: {location.file}")
-    print(f"  settings: all checked; {len(signing_keys)} signing key(s)")
+    print(f"  settings: all checked; {len(location.signing.keys)} signing key(s)")
     print(
         f"  doors: SMTP {location.smtp_host}:{location.smtp_port}, legacy {location.legacy_port or 'closed'}, "
         f"admin socket {socket_path(location.state_dir)}"
@@ -546,7 +547,7 @@ def cmd_workshops_sync(location: Location, args: argparse.Namespace) -> int:
     except (TransientError, StepFailed, AppRefused) as exc:
         print(f"wodmail workshops sync: cannot read {endpoint}/workshops: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    names = None if args.all else args.backend or [str(location.values.get(k) or "") for k in ("JPHOSTEXT", "JPHOST")]
+    names = None if args.all else args.backend or list(location.backend_names)
     listed, kept = sync.for_backend(listing, names)
     local_file = sync.workshops_file(location)
     print(f"workshops file {local_file}: {len(location.workshops)} workshops; registration app: {kept}")

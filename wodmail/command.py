@@ -9,6 +9,8 @@ sends it today:
     Subject: PURGE <stdid> <customer-id>
     body: first non-empty line is the workshop, e.g. WKSHP-Ansible101
 
+Which verbs there are, and which of those arguments each takes, is what the verbs declare
+(wodmail.verbspec, the registry of verbs/): the lines above are the shipped verbs'.
 `parse_command` turns the bytes of such a mail into a `Command`, or raises
 `BadCommand` naming what was wrong. Nothing downstream parses a mail again.
 """
@@ -24,9 +26,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from wodmail.errors import BadCommand
-
-VERBS = ("CREATE", "CLEANUP", "RESET", "PURGE")
-ALIASES = {"DELETE": "CLEANUP"}
+from wodmail.verbspec import VerbRegistry, VerbSpec, shipped_verbs
 
 #: A workshop name: WKSHP- or CHLG- and then letters, digits, '-', '_' and '.' (no "..").
 WORKSHOP_RE = re.compile(r"(WKSHP|CHLG)-[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -56,7 +56,7 @@ class Command:
     """One command, as the queue stores it and the verbs receive it."""
 
     verb: str
-    """CREATE, CLEANUP, RESET or PURGE (DELETE arrives as CLEANUP)."""
+    """The verb's name in the registry: CREATE, CLEANUP, RESET or PURGE (DELETE arrives as CLEANUP)."""
     stdid: int
     """The (first) student: student{stdid} on this host."""
     last_stdid: int
@@ -272,12 +272,16 @@ def read_fields(raw: bytes) -> MailFields:
     return simple_fields(raw) or message_fields(read_mail(raw))
 
 
-def parse_command(raw: bytes) -> Command:
-    """Turn a command mail into a `Command`, or raise `BadCommand` saying what is wrong."""
-    return command_from_fields(read_fields(raw))
+def parse_command(raw: bytes, verbs: VerbRegistry | None = None) -> Command:
+    """Turn a command mail into a `Command`, or raise `BadCommand` saying what is wrong.
+
+    `verbs`: the verbs to know (default: the shipped ones, wodmail.verbs)."""
+    return command_from_fields(read_fields(raw), verbs)
 
 
-def command_from_fields(fields: MailFields) -> Command:
+def command_from_fields(fields: MailFields, verbs: VerbRegistry | None = None) -> Command:
+    """The command the fields of a mail give, by its verb's declaration in `verbs`."""
+    registry = verbs if verbs is not None else shipped_verbs()
     subjects = fields.subjects
     if subjects > 1:
         raise BadCommand(f"the mail has {subjects} Subject headers: a command mail has one")
@@ -287,24 +291,25 @@ def command_from_fields(fields: MailFields) -> Command:
     if len(subject) > MAX_SUBJECT:
         raise BadCommand(f"Subject is {len(subject)} characters long, more than {MAX_SUBJECT}")
     words = subject.split()
-    verb = ALIASES.get(words[0].upper(), words[0].upper())
-    if verb not in VERBS:
+    spec = registry.lookup(words[0])
+    if spec is None:
         shown = words[0][:40]
-        raise BadCommand(f"unknown verb {shown!r}: expected one of CREATE, CLEANUP, DELETE, RESET, PURGE")
+        raise BadCommand(f"unknown verb {shown!r}: expected one of {registry.words}")
+    verb = spec.name
     args = words[1:]
-    most = 3 if verb == "CREATE" else 2
+    most = spec.most_arguments
     if len(args) < 2:
         raise BadCommand(f"{verb} needs a student id and a customer id, got {len(args)} argument(s)")
     if len(args) > most:
         raise BadCommand(f"{verb} takes at most {most} arguments, got {len(args)}")
-    stdid, last = parse_students(verb, args[0])
+    stdid, last = parse_students(spec, args[0], registry)
     customer = args[1]
     if not CUSTOMER_RE.fullmatch(customer):
         raise BadCommand(f"customer id {customer[:40]!r} is not a plain identifier")
     address = parse_address(args[2]) if len(args) == 3 else None
     if fields.body_error is not None:
         raise BadCommand(fields.body_error)
-    workshop = parse_workshop(fields.first_line, required=verb != "PURGE")
+    workshop = parse_workshop(fields.first_line, required=spec.workshop_required)
     message_id = fields.message_id
     return Command(
         verb=verb,
@@ -317,12 +322,14 @@ def command_from_fields(fields: MailFields) -> Command:
     )
 
 
-def parse_students(verb: str, text: str) -> tuple[int, int]:
+def parse_students(spec: VerbSpec, text: str, verbs: VerbRegistry) -> tuple[int, int]:
+    """The first and last student of `text`: one id, or `min,max` for a verb that takes a range."""
     first, sep, last = text.partition(",")
-    if sep and verb != "RESET":
-        raise BadCommand(f"only RESET takes a student range, {verb} got {text[:40]!r}")
+    if sep and not spec.student_range:
+        raise BadCommand(f"only {verbs.range_verbs} takes a student range, {spec.name} got {text[:40]!r}")
     if not STDID_RE.fullmatch(first) or (sep and not STDID_RE.fullmatch(last)):
-        raise BadCommand(f"student id {text[:40]!r} is not a number" + (" or min,max range" if verb == "RESET" else ""))
+        shown = f"student id {text[:40]!r} is not a number"
+        raise BadCommand(shown + (" or min,max range" if spec.student_range else ""))
     low, high = int(first), int(last) if sep else int(first)
     if high < low:
         raise BadCommand(f"student range {low},{high} ends before it starts")

@@ -23,30 +23,35 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from wodmail import queue
 from wodmail.admin import AdminDoor
-from wodmail.admission import ConnectionBudget, Listener, whole_number
+from wodmail.admission import ConnectionBudget, Listener
 from wodmail.errors import ConfigError
 from wodmail.intake import CommandIntake
 from wodmail.jobs import STOP_GRACE, JobsProcess
 from wodmail.legacy import LegacyLimits, LegacyPolicy, drain, start_legacy_server
 from wodmail.location import Location
+from wodmail.notify import Notifier
 from wodmail.passwords import PasswordMint, remove_temporaries
 from wodmail.peers import HostPeers
 from wodmail.smtp import SmtpLimits, SmtpSecurity, start_smtp_server
 from wodmail.trust import shared_host_warnings
-from wodmail.wiring import check_settings, seconds
+from wodmail.wiring import check_settings
 
 log = logging.getLogger(__name__)
 
 #: How long a new daemon waits for the lock of one that is still going (its jobs process
 #: may take a moment to die after its doors' process was killed).
 LOCK_WAIT = 10.0
+#: How often STATUS= tells systemd the queue's depth (seconds).
+STATUS_INTERVAL = 5.0
 
 
 @contextmanager
@@ -76,13 +81,81 @@ def state_lock(state_dir: Path) -> Iterator[int]:
         os.close(fd)
 
 
-async def serve(location: Location, ready: asyncio.Event | None = None) -> None:
+@dataclass(frozen=True)
+class DoorSettings:
+    """What the doors start with: the location's settings, with their files loaded."""
+
+    smtp_limits: SmtpLimits
+    smtp_security: SmtpSecurity
+    """The TLS certificate and the SMTP AUTH file, loaded."""
+    legacy_limits: LegacyLimits
+
+
+async def prepare(location: Location) -> DoorSettings:
+    """Everything `serve` builds from a loaded location before it starts, built and checked:
+    the jobs' services (wiring.check_settings) and the doors' settings. `wodmail check` runs
+    this too, so a file that cannot be used is the same one-line error in both."""
+    location.check_parts()
     await check_settings(location)
-    db_path = queue.open_database(location.state_dir)
-    with state_lock(location.state_dir) as lock_fd:
-        remove_half_made(location.state_dir)
-        PasswordMint.for_state_dir(location.state_dir)  # made, durably, before anything is accepted
-        await _serve(location, db_path, lock_fd, ready)
+    return DoorSettings(
+        smtp_limits=SmtpLimits.from_location(location),
+        smtp_security=SmtpSecurity.from_location(location),
+        legacy_limits=LegacyLimits(
+            max_message=location.max_message_size,
+            idle_timeout=location.legacy.idle_timeout,
+            total_timeout=location.legacy.session_timeout,
+            peer_connections=location.legacy.peer_connections,
+        ),
+    )
+
+
+async def serve(location: Location, ready: asyncio.Event | None = None) -> None:
+    notifier = Notifier.from_environment()  # systemd's variables: read, and kept from children
+    try:
+        doors = await prepare(location)
+        db_path = queue.open_database(location.state_dir)
+        with state_lock(location.state_dir) as lock_fd:
+            remove_half_made(location.state_dir)
+            PasswordMint.for_state_dir(location.state_dir)  # made, durably, before anything is accepted
+            await _serve(location, doors, db_path, lock_fd, ready, notifier)
+    finally:
+        notifier.close()
+
+
+async def tell_systemd(notifier: Notifier, jobs: JobsProcess, db_path: Path) -> None:
+    """READY=1 once the jobs process recovered the queue (the doors already listen); then
+    WATCHDOG=1 every quarter of the watchdog's interval while the jobs process's loop is
+    heard from (this loop running is the other half), and STATUS= every STATUS_INTERVAL."""
+    await jobs.recovered.wait()
+    notifier.ready(await asyncio.to_thread(queue_status, db_path))
+    interval = notifier.watchdog_interval
+    tick = min(interval / 4, STATUS_INTERVAL) if interval else STATUS_INTERVAL
+    last_status = time.monotonic()
+    while True:
+        await asyncio.sleep(tick)
+        if interval is not None:
+            if jobs.alive(within=interval / 2):
+                notifier.watchdog()
+            else:
+                log.error("the jobs process's loop was not heard from in %.0f s: no watchdog ping", interval / 2)
+        if time.monotonic() - last_status >= STATUS_INTERVAL:
+            last_status = time.monotonic()
+            notifier.status(await asyncio.to_thread(queue_status, db_path))
+
+
+def queue_status(db_path: Path) -> str:
+    """One line for `systemctl status`: the jobs by state and the callbacks waiting."""
+    try:
+        conn = queue.connect(db_path)
+        try:
+            jobs, callbacks = queue.job_counts(conn), queue.outbox_counts(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"queue unreadable: {exc}"
+    states = ("queued", "running", "failed", "held", "done")
+    shown = ", ".join(f"{jobs.get(state, 0)} {'waiting' if state == 'queued' else state}" for state in states)
+    return f"{shown}; {callbacks.get('pending', 0)} callbacks waiting"
 
 
 def remove_half_made(state_dir: Path) -> None:
@@ -94,17 +167,14 @@ def remove_half_made(state_dir: Path) -> None:
         log.warning("removed what a crash left half-made in %s: %s", state_dir, ", ".join(sorted(removed)))
 
 
-async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio.Event | None) -> None:
-    # The doors' settings (limits, TLS, signing keys) are read before anything starts: a
-    # wrong one stops the start with one line, as every other key does.
-    smtp_limits = SmtpLimits.from_location(location)
-    smtp_security = SmtpSecurity.from_location(location)
-    legacy_limits = LegacyLimits(
-        max_message=location.max_message_size,
-        idle_timeout=seconds(location, "LEGACYIDLETIMEOUT", 10),
-        total_timeout=seconds(location, "LEGACYSESSIONTIMEOUT", 60),
-        peer_connections=whole_number(location, "LEGACYPEERCONNECTIONS", 50),
-    )
+async def _serve(
+    location: Location,
+    doors: DoorSettings,
+    db_path: Path,
+    lock_fd: int,
+    ready: asyncio.Event | None,
+    notifier: Notifier,
+) -> None:
     budget = ConnectionBudget.from_location(location)  # one for both doors
     writer = queue.Writer(db_path, floor=location.free_space_floor)
     jobs = JobsProcess(location, keep_fds=(lock_fd,))
@@ -119,6 +189,7 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
         log.warning("%s", warning)
     await jobs.start()
     watcher = asyncio.create_task(jobs.watch(), name="jobs-watch")
+    supervisor: asyncio.Task[None] | None = None
     servers: list[Listener] = []
     legacy_server = None
     admin = AdminDoor(intake, location.state_dir, location.max_message_size)
@@ -132,8 +203,8 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
                 location.smtp_host,
                 location.smtp_port,
                 max_message_size=location.max_message_size,
-                limits=smtp_limits,
-                security=smtp_security,
+                limits=doors.smtp_limits,
+                security=doors.smtp_security,
                 host_peers=host_peers,
                 budget=budget,
             )
@@ -143,7 +214,7 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
                 intake,
                 location.smtp_host,
                 location.legacy_port,
-                legacy_limits,
+                doors.legacy_limits,
                 host_peers,
                 LegacyPolicy(location),
                 budget,
@@ -160,9 +231,15 @@ async def _serve(location: Location, db_path: Path, lock_fd: int, ready: asyncio
         log.info("wodmail serving location %s (%s)", location.name, location.file)
         if ready is not None:
             ready.set()
+        if notifier.active:
+            supervisor = asyncio.create_task(tell_systemd(notifier, jobs, db_path), name="systemd-notify")
         await stop.wait()
     finally:
         log.info("stopping: closing the doors")
+        notifier.stopping()
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
         for server in servers:
             server.close()
         if legacy_server is not None:

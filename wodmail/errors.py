@@ -72,7 +72,6 @@ class TryLater(WodmailError):
     exit_code = 75
 
 
-
 class TransientError(WodmailError):
     """A step failed for a reason that may pass; the job is retried with backoff."""
 

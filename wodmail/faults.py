@@ -26,6 +26,8 @@ from wodmail.command import Command
 POINTS: frozenset[tuple[str, int | None, str, str]] = frozenset()
 #: Set in the jobs process: a crash takes the doors' process down too, as a power cut would.
 KILL_PARENT = False
+
+
 class Quiescent(Protocol):
     """Something whose work a crash between two steps must not cut in half (the outbox)."""
 

@@ -51,7 +51,7 @@ from wodmail.erase import DIR_FLAGS
 from wodmail.errors import ConfigError, StepFailed, TransientError
 from wodmail.identity import Identity, acting_as, as_daemon, can_switch
 from wodmail.keeper import TRASH, Keeper
-from wodmail.location import Location
+from wodmail.location import HomeSettings, Location
 from wodmail.safefs import READ_FLAGS, copy_new_file
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,6 @@ END_GRACE = 2.0
 #: Seconds reading a home (the completion) may take before the step fails.
 READ_BOUND = 60.0
 
-_FIXED_OWNER = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")
-_MODE = re.compile(r"0?[0-7]{3}")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -90,8 +88,8 @@ class Homes:
         student_dir: Path,
         skel_dir: Path | None = None,
         *,
-        owner: str = "student",
-        mode: int = 0o750,
+        owner: str = HomeSettings.owner,
+        mode: int = HomeSettings.mode,
     ) -> None:
         self.student_dir = Path(os.path.abspath(student_dir))
         self.skel_dir = skel_dir
@@ -113,13 +111,8 @@ class Homes:
 
     @classmethod
     def from_location(cls, location: Location) -> Homes:
-        owner = location.values.get("HOMEOWNER", "student")
-        if not isinstance(owner, str) or not (owner in ("student", "none") or _FIXED_OWNER.fullmatch(owner)):
-            raise ConfigError(location.file, "HOMEOWNER", "must be student, none or UID:GID (numbers)")
-        mode_text = location.values.get("HOMEMODE", "0750")
-        if not isinstance(mode_text, str) or not _MODE.fullmatch(mode_text):
-            raise ConfigError(location.file, "HOMEMODE", 'must be an octal mode in quotes, e.g. "0750"')
-        return cls(location.student_dir, location.skel_dir, owner=owner, mode=int(mode_text, 8))
+        """The homes of `location`: STUDENTDIR, SKELDIR, HOMEOWNER and HOMEMODE."""
+        return cls(location.student_dir, location.skel_dir, owner=location.homes.owner, mode=location.homes.mode)
 
     def describe(self) -> str:
         """Where the homes are, and how work on them runs (for the start's log)."""

@@ -41,8 +41,9 @@ from typing import Any
 
 import httpx
 
+from wodmail.backoff import backoff
 from wodmail.errors import ConfigError, StepFailed, TransientError
-from wodmail.location import Location
+from wodmail.location import HubSettings, Location
 from wodmail.regapp import describe
 from wodmail.transport import Requester, UnsafeRequest, check_header_value
 
@@ -65,9 +66,9 @@ class Hub:
         token: str,
         client: Requester,
         *,
-        spawn_timeout: float = 60.0,
-        create_users: bool = False,
-        throttle_wait: float = 120.0,
+        spawn_timeout: float = HubSettings.spawn_timeout,
+        create_users: bool = HubSettings.create_users,
+        throttle_wait: float = HubSettings.throttle_wait,
     ) -> None:
         self.url = url.rstrip("/")
         self._token = token
@@ -79,20 +80,21 @@ class Hub:
 
     @classmethod
     def from_location(cls, location: Location, client: Requester) -> Hub | None:
-        """The hub of `location` (None without JPHUBAPISRV); checks the HUB* keys."""
-        if not location.hub_url:
+        """The hub of `location` (None without JPHUBAPISRV); refuses a token HTTP cannot carry."""
+        settings = location.hub
+        if not settings.url:
             return None
         try:
-            check_header_value("Authorization", f"token {location.hub_token or ''}")
+            check_header_value("Authorization", f"token {settings.token or ''}")
         except UnsafeRequest:
             raise ConfigError(location.file, "JPHUBTOKEN", "holds a control character (CR, LF, ...)") from None
         return cls(
-            location.hub_url,
-            location.hub_token or "",
+            settings.url,
+            settings.token or "",
             client,
-            spawn_timeout=_seconds(location, "HUBSPAWNTIMEOUT", 60.0),
-            create_users=_flag(location, "HUBCREATEUSERS", False),
-            throttle_wait=_seconds(location, "HUBTHROTTLEWAIT", 120.0, minimum=0.0),
+            spawn_timeout=settings.spawn_timeout,
+            create_users=settings.create_users,
+            throttle_wait=settings.throttle_wait,
         )
 
     # -- the verbs' calls ------------------------------------------------------------------
@@ -195,7 +197,7 @@ class Hub:
         """
         began = time.monotonic()
         deadline = began + self.spawn_timeout
-        delay = 0.05
+        polls = 0
         while True:
             state = await self.server_state(name)
             if state != pending:
@@ -208,8 +210,8 @@ class Hub:
                     f"{name}'s server was still {doing} {time.monotonic() - began:.0f} s after JupyterHub took"
                     f" the request (HUBSPAWNTIMEOUT is {self.spawn_timeout:g} s)"
                 )
-            await asyncio.sleep(min(delay, left))
-            delay = min(POLL_CAP, delay * 1.5)
+            polls += 1
+            await asyncio.sleep(min(backoff(polls, first=0.05, factor=1.5, cap=POLL_CAP), left))
 
     async def _spawn_failure(self, name: str) -> str:
         """The hub's reason for a failed spawn, from its progress stream, if it still has one."""
@@ -245,7 +247,7 @@ class Hub:
             throttled += 1
             delay = _retry_after(response)
             if delay is None:
-                delay = min(THROTTLE_BACKOFF_CAP, 0.5 * 2.0 ** (throttled - 1))
+                delay = backoff(throttled, first=0.5, cap=THROTTLE_BACKOFF_CAP)
             delay *= random.uniform(1.0, 1.25)  # Retry-After is a minimum; spread the herd
             if waited + delay > self.throttle_wait:
                 raise TransientError(
@@ -325,23 +327,3 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def _with_notes(outcome: str, notes: list[str]) -> str:
     return f"{outcome} ({'; '.join(notes)})" if notes else outcome
-
-
-def _seconds(location: Location, key: str, default: float, minimum: float = 0.1) -> float:
-    value = location.values.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(location.file, key, f"expected a number of seconds, found {value!r}")
-    if value < minimum:
-        raise ConfigError(location.file, key, f"must be at least {minimum:g} seconds, found {value}")
-    return float(value)
-
-
-def _flag(location: Location, key: str, default: bool) -> bool:
-    value = location.values.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ConfigError(location.file, key, f"expected true or false, found {value!r}")
-    return value

@@ -21,13 +21,17 @@ from wodmail.location import Location
 from wodmail.peers import HostPeers, describe_uid, parse_address
 from wodmail.received import relay_address
 from wodmail.signing import Signatures, Verified, signature_of
+from wodmail.verbspec import VerbRegistry, shipped_verbs
 
 log = logging.getLogger(__name__)
 refusals = Summary(log)
 
 
 class CommandIntake:
-    """Accepts command mails into the queue for one location."""
+    """Accepts command mails into the queue for one location.
+
+    `verbs`: the verbs it knows (default: the shipped ones, wodmail.verbs); each command is
+    parsed and checked as its verb declares (wodmail.verbspec)."""
 
     def __init__(
         self,
@@ -35,8 +39,10 @@ class CommandIntake:
         writer: queue.Writer,
         on_enqueued: Callable[[int], None] | None = None,
         peers: HostPeers | None = None,
+        verbs: VerbRegistry | None = None,
     ) -> None:
         self.location = location
+        self.verbs = verbs if verbs is not None else shipped_verbs()
         self.writer = writer
         self.on_enqueued = on_enqueued
         self.signatures = Signatures.from_location(location)  # ConfigError at start-up
@@ -117,9 +123,9 @@ class CommandIntake:
         if signature is None:
             if auth is None:
                 auth = self.authorise(mail)
-            command = command_from_fields(fields)
+            command = command_from_fields(fields, self.verbs)
         else:
-            command = command_from_fields(fields)
+            command = command_from_fields(fields, self.verbs)
             verified = self.signatures.verify(signature, command, time.time())
             auth = verified.auth if auth is None else f"{verified.auth} ({auth})"
         command = command.with_auth(auth)
@@ -197,7 +203,8 @@ class CommandIntake:
         return f"local pipe, relayed by the MTA from {relay}"
 
     def validate(self, command: Command) -> None:
-        """The command against this location: its workshop, its students' ranges, its verb."""
+        """The command against this location: its workshop, its students' ranges, and its
+        verb's own checks (`VerbSpec.refusal`: a reset-only verb, the verb's `checks`)."""
         location = self.location
         for stdid in {command.stdid, command.last_stdid}:
             if not location.student_min <= stdid <= location.student_max:
@@ -214,5 +221,6 @@ class CommandIntake:
                 raise BadCommand(
                     f"student {stdid} is outside {workshop.name}'s booked range {workshop.first}..{workshop.last}"
                 )
-        if command.verb == "RESET" and not workshop.reset:
-            raise BadCommand(f"RESET refused: {workshop.name} is not a reset workshop")
+        refusal = self.verbs.spec(command.verb).refusal(command, workshop)
+        if refusal is not None:
+            raise BadCommand(refusal)

@@ -26,16 +26,19 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 from wodmail import faults, queue
+from wodmail.backoff import backoff
 from wodmail.erase import DIR_FLAGS, erase_contents
 from wodmail.errors import TryLater
 from wodmail.location import Location
+from wodmail.outbox import Outbox
 from wodmail.passwords import PasswordMint
-from wodmail.regapp import Outbox
 from wodmail.transport import HttpClient
-from wodmail.wiring import build_services, jobs_nice, seconds
+from wodmail.verbspec import shipped_verbs
+from wodmail.wiring import build_services
 from wodmail.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -54,13 +57,17 @@ def die_with_parent() -> None:
     faults.KILL_PARENT = True
 
 
-async def run_jobs(location: Location, wake_fd: int) -> None:
-    """The jobs process's life: recover, then work until SIGTERM (or the parent's death)."""
+async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = None) -> None:
+    """The jobs process's life: recover, then work until SIGTERM (or the parent's death).
+
+    On `report_fd` it tells the doors' process READY once the queue is recovered and its
+    workers run, then a HEARTBEAT from its event loop every second (the doors' process
+    gives systemd's watchdog its pings only while these come)."""
     parent = os.getppid()
     die_with_parent()
     if os.getppid() != parent:  # the parent died before the prctl took
         os.kill(os.getpid(), signal.SIGKILL)
-    os.nice(jobs_nice(location))
+    os.nice(location.jobs.nice)
     # A batch task is not favoured on waking: the doors, woken by each SMTP command, get
     # their core at once while the jobs process, always busy in a burst, takes what is left.
     with contextlib.suppress(OSError):  # a sandbox may forbid it: the nice value still holds
@@ -83,19 +90,17 @@ async def run_jobs(location: Location, wake_fd: int) -> None:
         clear_hook_runs(services.playbooks.run_dir)
         outbox = None
         if app is not None:
-            outbox = Outbox(db_path, writer, app, mint, backoff_cap=seconds(location, "CALLBACKBACKOFFMAX", 300))
+            outbox = Outbox(db_path, writer, app, mint, backoff_cap=location.jobs.callback_backoff_max)
             faults.quiesce.append(outbox)
-        from wodmail.verbs import REGISTRY  # type: ignore[import-untyped,unused-ignore]
-
         worker = Worker(
             db_path,
             writer,
             services,
-            REGISTRY,
+            shipped_verbs(),
             mint,
             concurrency=location.workers,
-            retry_for=seconds(location, "RETRYFOR", 900),
-            backoff_cap=seconds(location, "RETRYBACKOFFMAX", 300),
+            retry_for=location.jobs.retry_for,
+            backoff_cap=location.jobs.retry_backoff_max,
             on_callbacks=outbox.wake if outbox is not None else None,
         )
         loop = asyncio.get_running_loop()
@@ -126,6 +131,8 @@ async def run_jobs(location: Location, wake_fd: int) -> None:
             log.warning("steps are recorded after a flush, but %s", why)
         if services.homes.trash.exists():  # homes a crash left set aside: the keeper erases them
             await services.homes.keeper.empty_trash()
+        if report_fd is not None:
+            tasks.append(asyncio.create_task(report_to_parent(report_fd), name="heartbeat"))
         try:
             await stop.wait()
         finally:
@@ -191,6 +198,28 @@ async def keep_tidy(writer: queue.Writer, location: Location) -> None:
         await asyncio.sleep(TIDY_INTERVAL)
 
 
+#: What the jobs process writes on its report pipe.
+READY, HEARTBEAT = b"R", b"."
+#: Seconds between heartbeats.
+HEARTBEAT_INTERVAL = 1.0
+
+
+async def report_to_parent(report_fd: int) -> None:
+    """READY once, then a HEARTBEAT every HEARTBEAT_INTERVAL, from this process's loop: a
+    loop that hangs stops them. A full pipe drops a beat (the next one says the same)."""
+    os.set_blocking(report_fd, False)
+    message = READY + HEARTBEAT
+    while True:
+        try:
+            os.write(report_fd, message)
+        except BlockingIOError:
+            pass
+        except BrokenPipeError:  # the doors' process is gone: PDEATHSIG ends this one
+            return
+        message = HEARTBEAT
+        await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+
 class JobsProcess:
     """The doors' side: start the jobs process, wake it, restart it if it dies, stop it."""
 
@@ -199,12 +228,18 @@ class JobsProcess:
         self.keep_fds = keep_fds
         self.process: asyncio.subprocess.Process | None = None
         self._wake_w: int | None = None
+        self._report_r: int | None = None
         self._stopping = False
         self._restarts = 0
+        self.recovered = asyncio.Event()
+        """Set once the (first) jobs process said it recovered the queue and works."""
+        self._started_at = 0.0
+        self._heard_at: float | None = None
 
     async def start(self) -> None:
         read_end, write_end = os.pipe()
         os.set_blocking(write_end, False)
+        report_r, report_w = os.pipe()
         argv = [
             sys.executable,
             "-P",  # run from "/", importing nothing from the folder the daemon was started in
@@ -217,12 +252,54 @@ class JobsProcess:
             "jobs-process",
             "--wake-fd",
             str(read_end),
+            "--report-fd",
+            str(report_w),
         ]
-        self.process = await asyncio.create_subprocess_exec(*argv, pass_fds=(read_end, *self.keep_fds), cwd="/")
-        os.close(read_end)
+        self._close_report()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *argv, pass_fds=(read_end, report_w, *self.keep_fds), cwd="/"
+            )
+        finally:
+            os.close(read_end)
+            os.close(report_w)
+        self._started_at, self._heard_at = time.monotonic(), None
+        os.set_blocking(report_r, False)
+        self._report_r = report_r
+        asyncio.get_running_loop().add_reader(report_r, self._heard)
         if self._wake_w is not None:
             os.close(self._wake_w)
         self._wake_w = write_end
+
+    def _heard(self) -> None:
+        if self._report_r is None:
+            return
+        try:
+            data = os.read(self._report_r, 4096)
+        except BlockingIOError:
+            return
+        if not data:  # the process ended: watch() starts the next one
+            self._close_report()
+            return
+        self._heard_at = time.monotonic()
+        if READY in data:
+            self.recovered.set()
+
+    def _close_report(self) -> None:
+        if self._report_r is not None:
+            asyncio.get_running_loop().remove_reader(self._report_r)
+            os.close(self._report_r)
+            self._report_r = None
+
+    def alive(self, within: float) -> bool:
+        """Whether the jobs process's loop was heard from in the last `within` seconds (one
+        started less than `within` ago counts while it starts; one that died and waits to be
+        started again counts too: watch() deals with it)."""
+        process = self.process
+        if process is None or process.returncode is not None or self._report_r is None:
+            return True
+        last = self._heard_at if self._heard_at is not None else self._started_at
+        return time.monotonic() - last < within
 
     def wake(self, _job_id: int | None = None) -> None:
         if self._wake_w is None:
@@ -238,7 +315,7 @@ class JobsProcess:
             if self._stopping:
                 return
             self._restarts += 1
-            pause = min(30.0, 0.5 * 2 ** min(self._restarts, 6))
+            pause = backoff(self._restarts + 1, first=0.5, cap=30.0)
             log.error("the jobs process ended (%s); starting it again in %.1f s", code, pause)
             await asyncio.sleep(pause)
             if not self._stopping:
@@ -258,3 +335,4 @@ class JobsProcess:
         if self._wake_w is not None:
             os.close(self._wake_w)
             self._wake_w = None
+        self._close_report()

@@ -5,9 +5,10 @@
     wodmail send PURGE 5 c5 --print | wodmail deliver
 
 The Subject is the verb and its arguments (positional, or `--customer` / `--email` added
-after them); the body is the workshop. The mail is parsed back with the daemon's own
-parser before it is signed, so a mistake is reported here, and signed with the first of
-the location's SIGNINGKEYS (or `--key ID`) for this location's name.
+after them); the body is the workshop. What a verb takes is what it declares in the
+registry (wodmail.verbspec): the mail is checked against that, then parsed back with the
+daemon's own parser before it is signed, so a mistake is reported here, and signed with
+the first of the location's SIGNINGKEYS (or `--key ID`) for this location's name.
 
 Where it goes: to the daemon's admin socket (STATEDIR/admin.sock, wodmail.admin) when this
 user can open it (root, or wodmail's own user, on the daemon's host): no key is needed
@@ -34,6 +35,7 @@ from wodmail.errors import BadCommand, ConfigError
 from wodmail.inbound import Reply
 from wodmail.location import Location
 from wodmail.signing import HEADER, Signatures, SigningKey, sign
+from wodmail.verbspec import VerbRegistry, shipped_verbs
 
 DEFAULT_RECIPIENT = "wodmail@localhost"
 SUBMIT_TIMEOUT = 30.0
@@ -88,11 +90,14 @@ def compose(
     recipient: str = DEFAULT_RECIPIENT,
     key_id: str | None = None,
     unsigned_ok: bool = False,
+    verbs: VerbRegistry | None = None,
 ) -> ComposedMail:
     """Build and sign the mail; `BadCommand` if it is not a command, `ConfigError` without a key.
 
     With `unsigned_ok` (for the admin socket), a location without SIGNINGKEYS gives an
-    unsigned mail instead of the error."""
+    unsigned mail instead of the error. `verbs`: the verbs to know (default: the shipped ones)."""
+    registry = verbs if verbs is not None else shipped_verbs()
+    check_arguments(registry, verb, arguments, workshop=workshop, customer=customer, address=address)
     words = [verb, *arguments]
     if customer is not None:
         words.append(customer)
@@ -108,13 +113,39 @@ def compose(
     message["Date"] = formatdate(localtime=True)
     message["Message-ID"] = make_msgid(domain=socket.gethostname() or "localhost")
     message.set_content((workshop or "") + "\n")
-    command = parse_command(message.as_bytes(policy=email.policy.default))
+    command = parse_command(message.as_bytes(policy=email.policy.default), registry)
     if unsigned_ok and key_id is None and not Signatures.from_location(location).keys:
         return ComposedMail(command, message, None)
     key = signing_key(location, key_id)
     signature = sign(command, location.name, key)
     message[HEADER] = signature.header_value
     return ComposedMail(command, message, key.id)
+
+
+def check_arguments(
+    verbs: VerbRegistry,
+    verb: str,
+    arguments: list[str],
+    *,
+    workshop: str | None,
+    customer: str | None,
+    address: str | None,
+) -> None:
+    """What `wodmail send` can say better than the parser: the options the verb's
+    declaration does not take, or needs. The parser checks the rest."""
+    spec = verbs.lookup(verb)
+    if spec is None:
+        raise BadCommand(f"unknown verb {verb[:40]!r}: expected one of {verbs.words}")
+    if address is not None and not spec.customer_email:
+        raise BadCommand(f"{spec.name} takes no customer e-mail (--email); it takes {spec.argument_description}")
+    if workshop is None and spec.workshop_required:
+        raise BadCommand(f"{spec.name} needs --workshop NAME; it takes {spec.argument_description}")
+    given = len(arguments) + (customer is not None) + (address is not None)
+    if given > spec.most_arguments:
+        raise BadCommand(
+            f"{spec.name} takes at most {spec.most_arguments} arguments, got {given}; it takes"
+            f" {spec.argument_description}"
+        )
 
 
 def submit(

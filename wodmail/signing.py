@@ -19,7 +19,7 @@ signature could still be accepted.
 
 A key's id is not configured: it is the first 16 hex digits of SHA-256 over a fixed
 prefix and the key, so any holder of the key can compute it and nothing about the key
-leaks from it. Location keys:
+leaks from it. Location keys (checked when the location is loaded: wodmail.location):
 
     SIGNINGKEYS       at most two keys (the current one first, the next one during a
                       rotation), each given as `env:NAME` or `file:/path`, never in clear;
@@ -40,22 +40,16 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from wodmail import queue
 from wodmail.command import SIGNATURE_HEADER, Command, MailFields
-from wodmail.errors import ConfigError, NotPermitted
-from wodmail.location import Location
+from wodmail.errors import NotPermitted
+from wodmail.location import Location, SigningSettings
 
 HEADER = SIGNATURE_HEADER
 VERSION = "v1"
-DEFAULT_WINDOW = 300
-MIN_WINDOW, MAX_WINDOW = 30, 86400
-MIN_KEY_LENGTH = 32
-MAX_KEYS = 2
+DEFAULT_WINDOW = SigningSettings.window
 #: How long past its window a nonce is kept anyway (clock changes, a window made larger).
 NONCE_MARGIN = 60
 
@@ -64,7 +58,6 @@ _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _TS_RE = re.compile(r"[0-9]{1,12}")
 _SIG_RE = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("key", "ts", "nonce", "sig")
-_REFERENCE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 def key_id(secret: bytes) -> str:
@@ -188,42 +181,9 @@ class Signatures:
 
     @classmethod
     def from_location(cls, location: Location) -> Signatures:
-        """Read SIGNINGKEYS and SIGNATUREWINDOW; `ConfigError` when either is wrong."""
-        file = location.file
-        window = location.values.get("SIGNATUREWINDOW", DEFAULT_WINDOW)
-        if window is None:
-            window = DEFAULT_WINDOW
-        if isinstance(window, bool) or not isinstance(window, int) or not MIN_WINDOW <= window <= MAX_WINDOW:
-            raise ConfigError(
-                file, "SIGNATUREWINDOW", f"expected an integer {MIN_WINDOW}..{MAX_WINDOW} (seconds), found {window!r}"
-            )
-        raw = location.values.get("SIGNINGKEYS")
-        if raw is None:
-            return cls(location.name, (), window)
-        items = raw if isinstance(raw, tuple) else (raw,)
-        if len(items) > MAX_KEYS:
-            raise ConfigError(
-                file,
-                "SIGNINGKEYS",
-                f"{len(items)} keys given: at most {MAX_KEYS} (the current one, and the next during a rotation)",
-            )
-        _refuse_keys_in_clear(file)
-        keys: list[SigningKey] = []
-        for index, item in enumerate(items, start=1):
-            if not isinstance(item, str) or not item:
-                raise ConfigError(file, "SIGNINGKEYS", f"item {index} must be a non-empty string (quote it)")
-            if len(item) < MIN_KEY_LENGTH:
-                raise ConfigError(
-                    file,
-                    "SIGNINGKEYS",
-                    f"key {index} has {len(item)} characters: a signing key needs at least {MIN_KEY_LENGTH}"
-                    " (make one with: python3 -c 'import secrets; print(secrets.token_hex(32))')",
-                )
-            key = SigningKey.from_text(item)
-            if any(other.id == key.id for other in keys):
-                raise ConfigError(file, "SIGNINGKEYS", f"key {index} is the same key as an earlier one")
-            keys.append(key)
-        return cls(location.name, tuple(keys), window)
+        """The location's SIGNINGKEYS and SIGNATUREWINDOW (checked when it was loaded)."""
+        keys = tuple(SigningKey.from_text(text) for text in location.signing.keys)
+        return cls(location.name, keys, location.signing.window)
 
     def verify(self, value: str, command: Command, now: float | None = None) -> Verified:
         """Check a signature header value against `command`; raise `NotPermitted` with the reason."""
@@ -265,52 +225,3 @@ class Signatures:
             return result
 
         return run
-
-
-# --- SIGNINGKEYS never in clear -----------------------------------------------------------
-
-
-class _RawLoader(yaml.SafeLoader):
-    """Reads the location file as written (no reference or secret resolved)."""
-
-
-def _construct_unsafe(loader: yaml.SafeLoader, node: yaml.Node) -> _Unsafe:
-    return _Unsafe(str(loader.construct_scalar(node)) if isinstance(node, yaml.ScalarNode) else "")
-
-
-class _Unsafe(str):
-    """A value tagged `!unsafe`: literal text, so a key in clear."""
-
-
-_RawLoader.add_constructor("!unsafe", _construct_unsafe)
-
-
-def _refuse_keys_in_clear(file: Path) -> None:
-    """Every SIGNINGKEYS item must be written `env:NAME` or `file:/path` (or refer to a key
-    written so): a key in clear in the location file would be in every copy of it."""
-    try:
-        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_RawLoader)  # a SafeLoader
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        raise ConfigError(file, "SIGNINGKEYS", "cannot re-read the file to check how the keys are given") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(file, "SIGNINGKEYS", "cannot re-read the file to check how the keys are given")
-    items = raw.get("SIGNINGKEYS")
-    for index, item in enumerate(items if isinstance(items, list) else [items], start=1):
-        if not _is_secret_reference(raw, item, set()):
-            raise ConfigError(
-                file,
-                "SIGNINGKEYS",
-                f"key {index} is written in clear: give it as env:NAME or file:/path",
-            )
-
-
-def _is_secret_reference(raw: dict[Any, Any], item: object, seen: set[str]) -> bool:
-    if not isinstance(item, str) or isinstance(item, _Unsafe):
-        return False
-    if item.startswith(("env:", "file:")):
-        return True
-    whole = _REFERENCE.fullmatch(item.strip())
-    if whole is None or whole.group(1) in seen:
-        return False
-    name = whole.group(1)
-    return _is_secret_reference(raw, raw.get(name), seen | {name})

@@ -4,7 +4,7 @@ aiosmtpd does the protocol (CRLF framing, only CRLF.CRLF ends DATA, bare-LF smug
 refused as of 1.4.6); our handler only hands the message to the intake and returns its
 answer, which comes after the durable commit.
 
-Connection limits (location keys, `SmtpLimits.from_location`):
+Connection limits (location keys, declared in wodmail.location.keys; `SmtpLimits.from_location`):
 
     SMTPIDLETIMEOUT      seconds a client may take between two commands, and for its DATA (60)
     SMTPSESSIONTIMEOUT   seconds a connection may last in all: a client dribbling one byte
@@ -53,27 +53,27 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from wodmail.admission import ConnectionBudget, Listener, PerAddress, Slot, Summary
 from wodmail.errors import ConfigError
 from wodmail.inbound import InboundMail, Intake
-from wodmail.location import Location
+from wodmail.location import Location, SmtpSettings
 from wodmail.peers import HostPeers, LocalClient
 
 log = logging.getLogger(__name__)
 
 summary = Summary(log)
 
-MAX_RECIPIENTS = 10
+MAX_RECIPIENTS = SmtpSettings.max_recipients
 #: AUTH attempts per connection (each check costs a slow password hash).
 MAX_AUTH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
 class SmtpLimits:
-    """The standard door's caps on one connection and on one peer."""
+    """The standard door's caps on one connection and on one peer (defaults: the keys')."""
 
-    idle_timeout: float = 60.0
-    session_timeout: float = 300.0
-    max_commands: int = 100
-    max_recipients: int = MAX_RECIPIENTS
-    peer_connections: int = 20
+    idle_timeout: float = SmtpSettings.idle_timeout
+    session_timeout: float = SmtpSettings.session_timeout
+    max_commands: int = SmtpSettings.max_commands
+    max_recipients: int = SmtpSettings.max_recipients
+    peer_connections: int = SmtpSettings.peer_connections
     uncapped: tuple[IPv4Network | IPv6Network, ...] = ()
     """Networks whose peers `peer_connections` does not apply to (TRUSTEDPEERS)."""
     local_uids: frozenset[int] = frozenset({0})
@@ -81,12 +81,13 @@ class SmtpLimits:
 
     @classmethod
     def from_location(cls, location: Location) -> SmtpLimits:
+        smtp = location.smtp
         return cls(
-            idle_timeout=_number(location, "SMTPIDLETIMEOUT", cls.idle_timeout),
-            session_timeout=_number(location, "SMTPSESSIONTIMEOUT", cls.session_timeout),
-            max_commands=int(_number(location, "SMTPMAXCOMMANDS", cls.max_commands, integer=True)),
-            max_recipients=int(_number(location, "SMTPMAXRECIPIENTS", cls.max_recipients, integer=True)),
-            peer_connections=int(_number(location, "SMTPPEERCONNECTIONS", cls.peer_connections, integer=True)),
+            idle_timeout=smtp.idle_timeout,
+            session_timeout=smtp.session_timeout,
+            max_commands=smtp.max_commands,
+            max_recipients=smtp.max_recipients,
+            peer_connections=smtp.peer_connections,
             uncapped=tuple(location.trusted_peers),
             local_uids=location.local_peer_uids,
         )
@@ -103,18 +104,6 @@ class SmtpLimits:
         if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return not any(address in network for network in self.uncapped)
-
-
-def _number(location: Location, key: str, default: float, *, integer: bool = False) -> float:
-    value = location.values.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
-        value = None
-    if value is None or value <= 0:
-        kind = "a positive integer" if integer else "a positive number of seconds"
-        raise ConfigError(location.file, key, f"expected {kind}, found {location.values.get(key)!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -176,15 +165,8 @@ class SmtpSecurity:
 
     @classmethod
     def from_location(cls, location: Location) -> SmtpSecurity:
-        cert = _path(location, "SMTPTLSCERT")
-        key = _path(location, "SMTPTLSKEY")
-        auth_file = _path(location, "SMTPAUTHFILE")
-        if key is not None and cert is None:
-            raise ConfigError(location.file, "SMTPTLSKEY", "given without SMTPTLSCERT")
-        if auth_file is not None and cert is None:
-            raise ConfigError(
-                location.file, "SMTPAUTHFILE", "SMTP AUTH needs STARTTLS: set SMTPTLSCERT (AUTH in clear is refused)"
-            )
+        """Load SMTPTLSCERT (and SMTPTLSKEY) and SMTPAUTHFILE, as the location names them."""
+        cert, key, auth_file = location.smtp.tls_cert, location.smtp.tls_key, location.smtp.auth_file
         context = None
         if cert is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -211,18 +193,6 @@ class SmtpSecurity:
             return AuthResult(success=True, auth_data=user)
         log.info("smtp %s: SMTP AUTH failed for %r", _peer_of(session), user[:64])
         return AuthResult(success=False, handled=False)
-
-
-def _path(location: Location, key: str) -> Path | None:
-    value = location.values.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(location.file, key, "expected a file path")
-    path = (location.file.parent / Path(value).expanduser()).resolve()
-    if not path.is_file():
-        raise ConfigError(location.file, key, f"{path} is not a file")
-    return path
 
 
 def _peer_of(session: Session) -> str | None:

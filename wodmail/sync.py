@@ -14,7 +14,6 @@ network: the CLI does that, and never touches the local workshops file itself.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,11 +191,8 @@ def propose(raw_local: Mapping[str, Any], listed: Sequence[AppWorkshop]) -> dict
 
 
 def workshops_file(location: Location) -> Path:
-    """The workshops file of `location`, found as `load_location` finds it (WORKSHOPS, else beside)."""
-    value = location.values.get("WORKSHOPS")
-    if isinstance(value, str) and value:
-        return Path(os.path.normpath(location.file.parent / os.path.expanduser(value)))
-    return location.file.parent / "workshops.yaml"
+    """The workshops file of `location` (WORKSHOPS, else workshops.yaml beside it)."""
+    return location.workshops_file
 
 
 def _ordered(entry: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,9 @@ import logging
 import httpx
 
 from wodmail.accounts import Accounts
-from wodmail.errors import ConfigError
 from wodmail.homes import Homes
 from wodmail.hub import Hub
-from wodmail.location import SECRET_KEYS, Location
+from wodmail.location import Location
 from wodmail.playbooks import Playbooks
 from wodmail.regapp import RegistrationApp
 from wodmail.services import Directory, Services
@@ -22,30 +21,9 @@ from wodmail.transport import Requester
 from wodmail.workshop import Renderer
 
 
-def seconds(location: Location, key: str, default: float) -> float:
-    """A duration key of the location (seconds, > 0), or its default."""
-    value = location.values.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(location.file, key, "must be a positive number of seconds")
-    return float(value)
-
-
-def jobs_nice(location: Location) -> int:
-    """JOBSNICE: how much lower the jobs process's CPU priority is than the doors' (0..19)."""
-    value = location.values.get("JOBSNICE", 10)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
-        raise ConfigError(location.file, "JOBSNICE", "must be a whole number from 0 to 19")
-    return value
-
-
 def secret_values(location: Location) -> list[str]:
-    """The values of the location's secret keys (SIGNINGKEYS holds several, in a list or tuple)."""
-    found: list[str] = []
-    for key in SECRET_KEYS:
-        value = location.values.get(key)
-        items = value if isinstance(value, list | tuple | set | frozenset) else [value]
-        found += [str(item) for item in items if item]
-    return found
+    """The values of the location's secret keys (SIGNINGKEYS holds several)."""
+    return list(location.withheld)
 
 
 def build_services(
@@ -72,11 +50,8 @@ def build_services(
 
 
 async def check_settings(location: Location) -> None:
-    """Every key the jobs process will read, checked now: a wrong one stops the start."""
-    seconds(location, "CALLBACKBACKOFFMAX", 300)
-    seconds(location, "RETRYFOR", 900)
-    seconds(location, "RETRYBACKOFFMAX", 300)
-    jobs_nice(location)
+    """What the jobs process will build from the location (its keys were checked when it was
+    loaded), built now: a file that cannot be used stops the start."""
     if location.ldap_uri:
         from wodmail.directory import LdapDirectory  # imports ldap3: only where there is LDAP
 

@@ -3,7 +3,8 @@
 The `Scheduler` keeps, for every student, the queue of that student's open jobs (a RESET
 range is in the queue of each of its students). A job may run when it heads the queue of
 every student it touches and is due. The `Worker` takes such jobs, at most WORKERS at
-once, runs each through its verb, and records how it ended.
+once, runs each through its verb (from a `VerbRegistry`, wodmail.verbspec) with the step
+journal of wodmail.journal, and records how it ended.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import random
 import sqlite3
 import time
 from collections import deque
@@ -20,10 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from wodmail import queue
+from wodmail.backoff import backoff
 from wodmail.errors import StepFailed, TransientError, TryLater
+from wodmail.journal import JobRun
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Job
-from wodmail.services import JobRun, Services, Verb
+from wodmail.services import Services
+from wodmail.verbspec import Verb
 from wodmail.wakeups import wait_for_wake
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,12 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 1.0
 #: How often it also looks for old jobs queued again (`wodmail retry`).
 RESCAN_INTERVAL = 5.0
+#: The wait before a job's first retry after a transient failure; it doubles each time.
+FIRST_RETRY = 1.0
+#: Each wait is between this share of the backoff and all of it.
+RETRY_JITTER = 0.5
+#: How long a job waits when the queue cannot record its progress (disk full, read-only).
+QUEUE_UNAVAILABLE_WAIT = 5.0
 
 
 class Scheduler:
@@ -202,8 +211,13 @@ class Worker:
         except TryLater as exc:
             # The queue cannot commit (disk full, read-only STATEDIR). The job keeps its place
             # and is tried again; its finished steps are skipped then, the rest converge.
-            log.error("job %d: the queue cannot record progress (%s); trying again in 5 s", job.id, exc)
-            self.scheduler.postpone(replace(job, not_before=time.time() + 5.0))
+            log.error(
+                "job %d: the queue cannot record progress (%s); trying again in %.0f s",
+                job.id,
+                exc,
+                QUEUE_UNAVAILABLE_WAIT,
+            )
+            self.scheduler.postpone(replace(job, not_before=time.time() + QUEUE_UNAVAILABLE_WAIT))
         finally:
             self._tasks.pop(job.id, None)
             self._wake.set()
@@ -212,14 +226,22 @@ class Worker:
         command = job.command
         label = f"{command.verb} {command.student_name}" + (f" {command.workshop}" if command.workshop else "")
         done = await self._writer.run(queue.claim(job.id))
-        run = JobRun(job, done, self._writer, self._mint, self._on_callbacks, self._services.homes.durable)
+        run = JobRun(
+            job,
+            done,
+            self._writer,
+            self._mint,
+            self._on_callbacks,
+            self._services.homes.durable,
+            callbacks_enabled=self._services.callbacks_enabled,
+        )
         started = time.monotonic()
         try:
             verb = self._verbs[command.verb]
             outcome = await verb.run(run, self._services)
         except TransientError as exc:
             if time.time() - job.received < self._retry_for:
-                delay = min(self._backoff_cap, 2.0 ** min(job.retries, 16)) * random.uniform(0.5, 1.0)
+                delay = backoff(job.retries + 1, first=FIRST_RETRY, cap=self._backoff_cap, jitter=RETRY_JITTER)
                 log.info("job %d: %s: %s; retrying in %.1f s", job.id, label, exc, delay)
                 not_before = time.time() + delay
                 await self._writer.run(queue.postpone(job.id, not_before, str(exc)))
