@@ -107,6 +107,44 @@ def write_workshop(catalog: Path) -> Path:
     return root
 
 
+# --- a site's create step (--create-step) ---
+
+
+CREATE_SCRIPT = """#!/bin/bash
+# What a small create script of a site does: check its arguments, note the student's port
+# in the per-student variables file the templates read, and log a line.
+set -euo pipefail
+[ -n "$stdid" ] && [ -n "$w" ]
+port=$((10000 + stdid))
+printf 'STUDENTPORT: %s\\n' "$port" > "$WODVARFILE"
+echo "$(date +%s) $w student$stdid port $port" >> "$(dirname "$0")/create.log"
+"""
+
+CREATE_PLAYBOOK = """- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: note the student's port, as a site's create playbook does
+      ansible.builtin.copy:
+        content: "student{{ STDID }} {{ 10000 + STDID | int }}\\n"
+        dest: "{{ playbook_dir }}/created-{{ STDID }}"
+        mode: "0600"
+"""
+
+
+def write_create_script(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    script = folder / "create-WKSHP-Bench.sh"
+    script.write_text(CREATE_SCRIPT)
+    script.chmod(0o755)
+    return folder
+
+
+def write_create_playbook(folder: Path) -> Path:
+    (folder / "WKSHP-Bench").mkdir(parents=True)
+    (folder / "WKSHP-Bench" / "create.yml").write_text(CREATE_PLAYBOOK)
+    return folder
+
+
 # --- process figures ---
 
 
@@ -451,6 +489,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             WORKERS=args.workers,
             SMTPPEERCONNECTIONS=args.connections + 10,  # the registration app is one peer
         )
+        report["create_step"] = args.create_step
+        if args.create_step == "script":
+            site.values["SCRIPTDIR"] = str(write_create_script(root / "scripts"))
+        elif args.create_step == "playbook":
+            site.values["PLAYBOOKDIR"] = str(write_create_playbook(root / "playbooks"))
         if "ACCOUNTS: unix" in accounts:  # the accounts are the run's own: their passwords are set too
             site.values["ACCOUNTS"] = "unix"
         for setting in args.set:
@@ -538,6 +581,8 @@ def table(report: dict[str, Any]) -> str:
     value_width = max(len(r[1]) for r in rows)
     head = f"wodmail benchmark: {report['count']} commands, {report['connections']} SMTP connections"
     head += ", LDAP on" if report["ldap"] else ", LDAP off"
+    if report.get("create_step", "none") != "none":
+        head += f", a create {report['create_step']} per CREATE"
     head += f"; STATEDIR and homes on {report['daemon_files_on']}; {report['accounts']}"
     return "\n".join([head] + [f"  {a:<{width}}  {b:<{value_width}}  {c}" for a, b, c in rows])
 
@@ -567,6 +612,13 @@ def main() -> int:
         default="auto",
         help="auto (default): make host accounts student1..student{count} for the run when root and"
         " none exists (privilege separation on); no: homes stay root's",
+    )
+    parser.add_argument(
+        "--create-step",
+        choices=("none", "script", "playbook"),
+        default="none",
+        help="the workshop also has a site's create step: a bash create script (SCRIPTDIR) or a create"
+        " playbook hook, each doing what a small one of the public catalog does (default none)",
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a location key for the run")
     parser.add_argument("--json", type=Path)

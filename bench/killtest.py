@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/killtest.py [--students 500] [--kills 5] [--seed 1] [--json FILE]
 
-Sends CREATE then CLEANUP for every student (2 x --students commands) plus a few invalid
-commands, over several SMTP connections, the way an MTA would: each mail has its own
-Message-ID and is sent again until it gets a 250 (or a 5xx). Meanwhile the daemon is
+Sends CREATE then CLEANUP for every student (2 x --students commands, the CLEANUPs once the
+CREATEs ran, as the app does) plus a few invalid commands, over several SMTP connections,
+the way an MTA would: each mail has its own Message-ID and is sent again until it gets a
+250 (or a 5xx). Meanwhile the daemon is
 killed with SIGKILL --kills times at random moments and started again. At the end it
 checks, and prints:
 
@@ -92,6 +93,16 @@ def mail(message_id: str, subject: str, body: str = "WKSHP-Sample") -> tuple[str
     return message_id, f"Message-ID: <{message_id}>\r\nSubject: {subject}\r\n\r\n{body}\r\n"
 
 
+def wait_for_jobs(site: Site, count: int, timeout: float) -> None:
+    """Until `count` jobs exist and every one has ended (a cancelled one counts as ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = site.jobs()
+        if len(jobs) >= count and all(job[3] in ("done", "failed", "held", "cancelled") for job in jobs):
+            return
+        time.sleep(0.2)
+
+
 def run(students: int, kills: int, seed: int, connections: int) -> dict[str, object]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp, RegistrationApp() as app, contextlib.ExitStack() as cleanup:
@@ -103,43 +114,39 @@ def run(students: int, kills: int, seed: int, connections: int) -> dict[str, obj
         shutil.copytree(SAMPLES / "WKSHP-Sample", Path(tmp) / "catalog" / "WKSHP-Sample")
         site.values["WORKSHOPDIR"] = str(Path(tmp) / "catalog")
         ids = list(range(1, students + 1))
-        lanes: list[list[tuple[str, str]]] = [[] for _ in range(connections)]
-        for stdid in ids:  # a student's CREATE and CLEANUP go down the same connection, in order
-            lane = lanes[stdid % connections]
-            lane.append(mail(f"create-{stdid}@kill", f"CREATE {stdid} c{stdid}"))
+        # Two rounds, as the app sends them: the CREATEs, then (once they ran: a CLEANUP that
+        # comes while its CREATE still waits supersedes it) the CLEANUPs; a student's mail
+        # goes down one connection of --connections, and the daemon is killed in both rounds.
+        creates: list[list[tuple[str, str]]] = [[] for _ in range(connections)]
+        cleanups: list[list[tuple[str, str]]] = [[] for _ in range(connections)]
         for stdid in ids:
-            lanes[stdid % connections].append(mail(f"cleanup-{stdid}@kill", f"CLEANUP {stdid} c{stdid}"))
+            creates[stdid % connections].append(mail(f"create-{stdid}@kill", f"CREATE {stdid} c{stdid}"))
+            cleanups[stdid % connections].append(mail(f"cleanup-{stdid}@kill", f"CLEANUP {stdid} c{stdid}"))
         invalid = [
             mail("bad-1@kill", f"CREATE {students + 5} x1"),
             mail("bad-2@kill", "LAUNCH 1 x2"),
             mail("bad-3@kill", "CREATE 1 x3", "WKSHP-Nonesuch"),
         ]
-        lanes[0][len(lanes[0]) // 2 : len(lanes[0]) // 2] = invalid
+        creates[0][len(creates[0]) // 2 : len(creates[0]) // 2] = invalid
 
         daemons = [Daemon(site).start()]
         cleanup.callback(lambda: daemons[-1].stop())  # noqa: PLW0108 - the last one, when it runs
         sender = Sender(site.smtp_port)
-        threads = [threading.Thread(target=sender.send_all, args=(lane,)) for lane in lanes]
         started = time.monotonic()
-        for thread in threads:
-            thread.start()
         done_kills = 0
-        while done_kills < kills:
-            time.sleep(rng.uniform(0.2, 1.5))
-            daemons[-1].kill()
-            done_kills += 1
-            daemons.append(Daemon(site).start())
-        for thread in threads:
-            thread.join()
+        for round_, lanes in enumerate((creates, cleanups)):
+            threads = [threading.Thread(target=sender.send_all, args=(lane,)) for lane in lanes]
+            for thread in threads:
+                thread.start()
+            for _ in range(kills // 2 if round_ == 0 else kills - kills // 2):
+                time.sleep(rng.uniform(0.2, 1.5))
+                daemons[-1].kill()
+                done_kills += 1
+                daemons.append(Daemon(site).start())
+            for thread in threads:
+                thread.join()
+            wait_for_jobs(site, students * (round_ + 1), timeout=600)
         sent_for = time.monotonic() - started
-
-        expected_jobs = 2 * students
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            jobs = site.jobs()
-            if len(jobs) >= expected_jobs and all(job[3] in ("done", "failed", "held") for job in jobs):
-                break
-            time.sleep(0.2)
         app.wait_for(lambda a: len(a.puts()) >= 6 * students, timeout=120)
         time.sleep(1.0)  # let a last retried callback land, if any
         daemons[-1].stop()

@@ -98,7 +98,8 @@ def main() -> int:
             time.sleep(max(0.0, started + sent * interval - time.monotonic()))
         if client is not None:
             client.quit()
-        site.wait_jobs(sent, timeout=120)
+        # A CLEANUP that came while its CREATE still waited supersedes it (cancelled).
+        site.wait_jobs(sent, timeout=120, states=("done", "failed", "cancelled"))
         samples.append((round(time.monotonic() - started, 1), rss_kib(pid)))
     third = max(1, len(samples) // 3)
     middle = statistics.mean(r for _t, r in samples[third : 2 * third] or samples)

@@ -241,6 +241,7 @@ def test_a_pending_stop_is_followed_until_stopped(
     use_hub(site, throttled_hub)
     daemon = daemon_factory()
     send(daemon, "CREATE 34 c34")
+    site.wait_jobs(1)  # a PURGE arriving while the CREATE still waits would supersede it
     send(daemon, "PURGE 34 c34")
     _create, purge = site.wait_jobs(2)
     assert purge[3] == "done", purge

@@ -32,7 +32,7 @@ EXPECTED = {
     "reset-of-a-workshop-without-reset.eml": (554, "RESET refused: WKSHP-Sample is not a reset workshop"),
     "customer-with-shell-characters.eml": (554, "customer id '10;01' is not a plain identifier"),
     "range-on-cleanup.eml": (554, "only RESET takes a student range"),
-    "bad-customer-email.eml": (554, "customer e-mail 'not-an-address' is not valid"),
+    "customer-email-with-control-character.eml": (554, "holds whitespace or control characters"),
 }
 
 

@@ -269,15 +269,15 @@ def test_jobs_command_shows_states_and_steps(site: Site, daemon_factory) -> None
     daemon = daemon_factory()
     assert daemon.send("CREATE 6 c6")[0] == 250
     (job,) = site.wait_jobs(1)
+
     def run(*args):
-        return (
-            subprocess.run(
-                [sys.executable, "-m", "wodmail", "--location", str(site.file), *args],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
+        return subprocess.run(
+            [sys.executable, "-m", "wodmail", "--location", str(site.file), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
     listing = run("jobs")
     assert "1 done" in listing and "CREATE" in listing and "student6" in listing
     show = run("jobs", "show", str(job[0]))

@@ -57,7 +57,7 @@ class Stamp:
         await job.step("reset home", services.reset_home, command.stdid, on_disk=True)
         files = await job.step("deploy workshop", services.deploy, command.stdid, workshop, variables, on_disk=True)
         await job.callbacks("report stamp", callbacks.customer(command.customer, stamped="true"))
-        return f"{command.student_name} stamped with {files} files"
+        return f"{command.student_name} stamped: {files}"
 
 
 WITH_STAMP = shipped_verbs().with_verbs(Stamp())
@@ -224,7 +224,7 @@ async def test_a_verb_defined_in_a_test_runs_end_to_end(jobs: Jobs, site: Site, 
     assert reply.line == "250 queued as job 1"
     job = await jobs.wait_ended(1)
     assert (job.state, job.command.verb, job.error) == ("done", "STAMP", None)
-    assert job.outcome is not None and job.outcome.startswith("student5 stamped with ")
+    assert job.outcome is not None and job.outcome.startswith("student5 stamped: ") and " files" in job.outcome
     assert (site.home(5) / "WKSHP-Sample").is_dir()
     assert await asyncio.to_thread(app.wait_for, lambda standin: bool(standin.puts("/customer/c5")))
     assert app.state()["customer"]["c5"] == {"stamped": "true"}

@@ -144,9 +144,7 @@ def test_undefined_variable_names_file_line_and_variable(home: Path) -> None:
     with pytest.raises(StepFailed) as failure:
         compiled.render_into(home / compiled.name, values)
 
-    assert str(failure.value) == (
-        f"WKSHP-UndefinedVariable/1-Intro.ipynb line {line}: undefined variable 'PASSSTU'"
-    )
+    assert str(failure.value) == (f"WKSHP-UndefinedVariable/1-Intro.ipynb line {line}: undefined variable 'PASSSTU'")
     assert failure.value.__cause__ is None and failure.value.__context__ is None
     assert not (home / compiled.name).exists()
 
@@ -215,9 +213,7 @@ def test_a_notebook_that_renders_to_invalid_json_is_refused(home: Path) -> None:
     assert tree(home) == before
 
 
-def test_a_template_error_leaves_the_previous_deployment_untouched(
-    home: Path, catalog: Callable[[str], Path]
-) -> None:
+def test_a_template_error_leaves_the_previous_deployment_untouched(home: Path, catalog: Callable[[str], Path]) -> None:
     content = catalog("WKSHP-QuotedValues")
     renderer = Renderer(recheck_seconds=0)
     renderer.workshop(content).render_into(home / content.name, variables(VALUE="first"))
@@ -237,9 +233,7 @@ def test_raw_blocks_and_literal_braces_work(home: Path) -> None:
     dest = deploy("WKSHP-RawAndLiteralBraces", home)
 
     notebook = dest / "1-Jinja.ipynb"
-    assert cell_text(notebook, 0) == (
-        "Jinja writes {{ name }} and {% for x in y %}.\nStill raw: {{ other }}"
-    )
+    assert cell_text(notebook, 0) == ("Jinja writes {{ name }} and {% for x in y %}.\nStill raw: {{ other }}")
     assert cell_text(notebook, 1) == 'template = "Hello {{ name }}"\nstudent = "student12"'
     # as Ansible does: trim_blocks drops the newline after {% endraw %}, not after {% raw %}
     assert (dest / "jinja.py").read_text() == "\nT = '{{ name }}'\nL = '{{ x }}'\nS = 12\n"
@@ -264,9 +258,7 @@ def test_binary_files_are_copied_byte_for_byte_with_their_folders_and_modes(home
         assert (dest / relative).read_bytes() == (source / relative).read_bytes()
         assert not (dest / relative).is_symlink()
     for relative in ("data/all-bytes.bin", "tools/run.sh", "1-Notebook.ipynb"):
-        assert stat.S_IMODE((dest / relative).stat().st_mode) == stat.S_IMODE(
-            (source / relative).stat().st_mode
-        )
+        assert stat.S_IMODE((dest / relative).stat().st_mode) == stat.S_IMODE((source / relative).stat().st_mode)
     assert (dest / "tools" / "run.sh").read_text() == "#!/bin/sh\necho student12\n"
 
 
@@ -341,28 +333,23 @@ def test_symlink_pointing_outside_the_workshop_is_refused(
     with pytest.raises(StepFailed) as failure:
         Renderer().workshop(content)
 
-    assert str(failure.value) == (
-        "WKSHP-QuotedValues/data/leak.txt: symbolic link points outside the workshop folder"
-    )
+    assert str(failure.value) == ("WKSHP-QuotedValues/data/leak.txt: symbolic link points outside the workshop folder")
     assert list(home.iterdir()) == []
 
 
-def test_symlink_inside_the_workshop_is_copied_as_a_file(
-    home: Path, catalog: Callable[[str], Path]
-) -> None:
+def test_symlink_inside_the_workshop_is_kept_as_a_link(home: Path, catalog: Callable[[str], Path]) -> None:
+    # Issue 15: the original's rsync kept links as links; so does wodmail (it copied the
+    # target before, and refused a link to a folder above it as a loop).
     content = catalog("WKSHP-QuotedValues")
     (content / "same-values.py").symlink_to("values.py")
     (content / "loop").symlink_to(".")
 
-    with pytest.raises(StepFailed, match="WKSHP-QuotedValues/loop: symbolic link loop"):
-        Renderer().workshop(content)
-
-    (content / "loop").unlink()
     compiled = Renderer().workshop(content)
     dest = home / content.name
     compiled.render_into(dest, variables(VALUE="v"))
-    assert not (dest / "same-values.py").is_symlink()
-    assert (dest / "same-values.py").read_text() == "VALUE = '''v'''\n"
+    assert os.readlink(dest / "same-values.py") == "values.py"
+    assert (dest / "same-values.py").read_text() == "VALUE = '''v'''\n"  # the rendered file, through it
+    assert os.readlink(dest / "loop") == "."  # not followed: no loop
 
 
 def test_dest_that_is_a_symlink_is_refused(tmp_path: Path, home: Path) -> None:
@@ -392,9 +379,7 @@ def test_dest_whose_parent_is_a_symlink_is_refused(tmp_path: Path, home: Path) -
 # --------------------------------------------------------------------------- caching
 
 
-def test_templates_are_compiled_once_and_reused_for_every_student(
-    home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_templates_are_compiled_once_and_reused_for_every_student(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     compiles: list[str | None] = []
     original = ImmutableSandboxedEnvironment.compile
 
@@ -418,9 +403,7 @@ def test_templates_are_compiled_once_and_reused_for_every_student(
     assert len(compiles) == 4
 
 
-def test_a_change_in_the_catalog_is_picked_up_at_most_once_a_second(
-    home: Path, catalog: Callable[[str], Path]
-) -> None:
+def test_a_change_in_the_catalog_is_picked_up_at_most_once_a_second(home: Path, catalog: Callable[[str], Path]) -> None:
     now = [1000.0]
     renderer = Renderer(clock=lambda: now[0])
     content = catalog("WKSHP-QuotedValues")

@@ -17,9 +17,10 @@ spec = VerbSpec(
     hook="cleanup",
     description=(
         "Rotate the password (the student is locked out), stop the JupyterHub server and end every"
-        " process of the student; then compute the completion percentage, run the cleanup hook and"
-        " report the percentage; a reset workshop keeps the home for RESET, any other has its home"
-        " erased; finally mark the customer cleaned."
+        " process of the student; run the workshop's cleanup scripts and its cleanup hook (they may bring"
+        " the student's work back from lab containers); then compute the completion percentage and"
+        " report it; a reset workshop keeps the home for RESET, any other has its home erased; finally"
+        " mark the customer cleaned."
     ),
 )
 
@@ -30,15 +31,19 @@ async def run(job: JobRun, services: Services) -> str:
     dbid = services.dbid(stdid)
     workshop = services.workshop_of(command)
     password = job.password(command.student_name)
-    variables = services.template_variables(command, workshop, stdid, password)
 
     # Locked out first, then stopped: nothing of the student runs while the home is read.
     await job.step("rotate password", services.set_password, stdid, workshop, password)
     if services.hub is not None:
         await job.step("stop JupyterHub server", services.hub.stop, command.student_name)
     await job.step("end processes", services.homes.end_processes, stdid)
-    completion = await job.step("completion", services.completion, stdid, workshop)
+    # The cleanup scripts and hook first (a container workshop copies the notebooks back out of
+    # its lab there), the completion after, as the original computed it.
+    if await services.run_scripts(job, workshop, "cleanup", stdid, password):
+        await job.step("end processes after scripts", services.homes.end_processes, stdid)
+    variables = services.template_variables(command, workshop, stdid, password)
     await job.step("cleanup hook", services.run_hook, job, workshop, "cleanup", variables, on_disk=True)
+    completion = await job.step("completion", services.completion, stdid, workshop)
     await job.callbacks(
         "report completion",
         callbacks.student_password(dbid, command.student_name),

@@ -20,8 +20,9 @@ spec = VerbSpec(
     hook="reset",
     description=(
         "Rotate every student's password (all at once), stop each JupyterHub server; end every process of"
-        " every student (all at once); then run the workshop's reset hook (required); then for each student:"
-        " unassign, erase the home; a range also sets the workshop's capacity back to the range's size."
+        " every student (all at once); then run the workshop's reset scripts (for each student) and its reset"
+        " hook (a script or a hook is required); then for each student: unassign, erase the home; a range"
+        " also sets the workshop's capacity back to the range's size."
     ),
 )
 
@@ -33,8 +34,11 @@ async def run(job: JobRun, services: Services) -> str:
     if refusal is not None:
         # Intake refuses this; the workshops file may have changed since the mail was taken.
         raise StepFailed(refusal)
-    if "reset" not in workshop.hooks:
-        raise StepFailed(f"RESET of {workshop.name} needs a reset hook and the workshop has none")
+    if "reset" not in workshop.hooks and not services.workshop_scripts(workshop, "reset"):
+        raise StepFailed(
+            f"RESET of {workshop.name} needs a reset script (reset-{workshop.content_name}.sh in SCRIPTDIR or"
+            " SCRIPTPRIVDIR) or a reset hook, and the workshop has neither"
+        )
 
     async def rotate(stdid: int) -> None:
         password = job.password(f"student{stdid}")
@@ -50,6 +54,12 @@ async def run(job: JobRun, services: Services) -> str:
             await job.step(f"stop JupyterHub server student{stdid}", services.hub.stop, f"student{stdid}")
     await job.step("end processes", services.homes.end_processes_of, list(command.students))
 
+    # The site's reset scripts, once per student (each with its own stdid, randompw, WODRTARGET).
+    ran = 0
+    for stdid in command.students:
+        ran += await services.run_scripts(job, workshop, "reset", stdid, job.password(f"student{stdid}"))
+    if ran:
+        await job.step("end processes after scripts", services.homes.end_processes_of, list(command.students))
     variables = services.template_variables(command, workshop, command.stdid, job.password(command.student_name))
     variables.update(STDIDMIN=command.stdid, STDIDMAX=command.last_stdid)
     await job.step("reset hook", services.run_hook, job, workshop, "reset", variables, on_disk=True)

@@ -12,7 +12,9 @@ public and the private variable file, then the extra vars of the command):
 4. its private variable file, VARPRIVDIR/variables_<NAME>.yml, whose values (or the whole
    file) may be encrypted with ansible-vault: the location's VAULTPWD decrypts them, as
    `--vault-password-file` did;
-5. the student's values: STDID, STUDENT, MODE and MODEWS (WKSHP or CHLG), WORKSHOP (the
+5. at CREATE, what the workshop's create scripts wrote for this student,
+   VARPRIVDIR/pass/variables_<NAME>_<STDID>.yml (wodmail.scripts);
+6. the student's values: STDID, STUDENT, MODE and MODEWS (WKSHP or CHLG), WORKSHOP (the
    content folder), CHALLENGE (the command's name), CUSTOMER, and PASSSTU for a `varpass`
    or `ldap` workshop.
 
@@ -101,8 +103,11 @@ def template_variables(
     *,
     customer: str = "",
     files: VariableFiles | None = None,
+    student_variables: Mapping[str, object] | None = None,
 ) -> dict[str, Any]:
-    """What `workshop`'s templates and hooks see for student `stdid` (see the module doc)."""
+    """What `workshop`'s templates and hooks see for student `stdid` (see the module doc);
+    `student_variables`: what the workshop's create scripts wrote for this student
+    (wodmail.scripts), over the variable files and under the student's values."""
     variables: dict[str, Any] = dict(location.template_variables())
     # The folders as wodmail resolved them (the file may give them relative or with ~).
     variables.update(
@@ -119,6 +124,7 @@ def template_variables(
     reader = files or _FILES
     for file in workshop.variable_files:
         variables.update(reader.read(file, location.vault_password))
+    variables.update(student_variables or {})
     variables.update(
         STDID=stdid,
         STUDENT=f"student{stdid}",
@@ -208,7 +214,7 @@ def render_for_student(
     if password is None:
         password = "".join(secrets.choice(ALPHABET) for _ in range(LENGTH))
     variables = template_variables(location, workshop, stdid, password, customer=customer)
-    renderer = renderer or Renderer(optional_variables=location.optional_variables)
+    renderer = renderer or Renderer.for_location(location)
     compiled = renderer.workshop(workshop.content)
     if out is None:
         out = Path(tempfile.mkdtemp(prefix=f"wodmail-render-{workshop.name}-student{stdid}-"))

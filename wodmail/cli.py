@@ -8,6 +8,8 @@
                                                      its set-aside callbacks again
     wodmail [--location FILE] refused [show ID]      mails refused at the doors, and why
     wodmail [--location FILE] outbox                 callbacks waiting for the registration app
+    wodmail [--location FILE] relay [retry ID|all]   mails for people passed to RELAYHOST, or
+                                                     waiting; send set-aside ones again
     wodmail [--location FILE] check                  load the location and its workshops, report
     wodmail [--location FILE] render WKSHP-Name --student N [--out DIR] [--password X]
                                                      render a workshop for one student, nothing else
@@ -16,6 +18,9 @@
     wodmail [--location FILE] send VERB ARGS... --workshop NAME [--customer C] [--email A] [--print]
                                                      compose a command mail and submit it: through
                                                      the admin socket (root), else signed over SMTP
+    wodmail [--location FILE] send VERB [CUSTOMER] --range MIN,MAX --workshop NAME
+                                                     the same for students MIN..MAX, one by one
+                                                     (RESET: the range), as wod-test-action.sh
 
 The location is FILE, else $WODMAIL_LOCATION, else the embedded locations/local.yaml.
 Exit codes follow sysexits: 65 bad data, 75 try again later, 77 not permitted, 78 bad
@@ -34,8 +39,9 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from wodmail import queue
+from wodmail import __version__, queue
 from wodmail.errors import ConfigError, TryLater, exit_code_for
 from wodmail.inbound import InboundMail
 from wodmail.location import Location, load_location
@@ -45,6 +51,7 @@ EX_DATAERR = 65
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 EX_NOINPUT = 66
+EX_USAGE = 64
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,17 +82,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wodmail", description="Mail-driven Workshops-on-Demand backend.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--location", help="the location file (default: $WODMAIL_LOCATION or the embedded local.yaml)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
+    )
+    # The metavar lists what operators run: `jobs-process` (started by `serve`) stays out of the help.
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the daemon")
     serve.set_defaults(handler=cmd_serve)
 
     # Started by `serve` (wodmail/jobs.py), not by operators.
-    jobs_process = sub.add_parser("jobs-process", help=argparse.SUPPRESS)
-    jobs_process.add_argument("--wake-fd", type=int, required=True)
-    jobs_process.add_argument("--report-fd", type=int)
+    jobs_process = sub.add_parser("jobs-process")
+    jobs_process.add_argument("--wake-fd", type=int, required=True, help="the pipe the doors wake it on")
+    jobs_process.add_argument("--report-fd", type=int, help="the pipe it reports on (READY, heartbeats)")
     jobs_process.set_defaults(handler=cmd_jobs_process)
 
     deliver = sub.add_parser("deliver", help="take one command mail on stdin")
@@ -93,22 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.set_defaults(handler=cmd_deliver)
 
     jobs = sub.add_parser("jobs", help="list jobs, or show one")
-    jobs.add_argument("--state", action="append", default=[], help="only jobs in this state (repeatable)")
-    jobs.add_argument("--limit", type=int, default=30)
+    jobs.add_argument(
+        "--state", action="append", default=[], choices=queue.JOB_STATES, help="only jobs in this state (repeatable)"
+    )
+    jobs.add_argument("--limit", type=int, default=30, help="how many recent jobs to list (default 30)")
     jobs_sub = jobs.add_subparsers(dest="jobs_command")
     show = jobs_sub.add_parser("show", help="one job with its steps and callbacks")
-    show.add_argument("job_id", type=int)
+    show.add_argument("job_id", type=int, help="the job's id (in the 250 answer, and in `wodmail jobs`)")
     jobs.set_defaults(handler=cmd_jobs)
 
     retry = sub.add_parser("retry", help="queue a failed or set-aside job, or its set-aside callbacks, again")
-    retry.add_argument("job_id", type=int)
+    retry.add_argument("job_id", type=int, help="the job's id")
     retry.set_defaults(handler=cmd_retry)
 
     refused = sub.add_parser("refused", help="mails refused at the doors")
-    refused.add_argument("--limit", type=int, default=30)
+    refused.add_argument("--limit", type=int, default=30, help="how many recent refusals to list (default 30)")
     refused_sub = refused.add_subparsers(dest="refused_command")
     refused_show = refused_sub.add_parser("show", help="one refused mail: why, and its first 4 KiB")
-    refused_show.add_argument("refused_id", type=int)
+    refused_show.add_argument("refused_id", type=int, help="the refusal's id, from `wodmail refused`")
     refused.set_defaults(handler=cmd_refused)
 
     prune = sub.add_parser("prune", help="forget done jobs and refused mails older than the location keeps them")
@@ -120,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     outbox = sub.add_parser("outbox", help="callbacks not yet delivered")
     outbox.set_defaults(handler=cmd_outbox)
+
+    relay = sub.add_parser("relay", help="the app's mails for people: waiting for RELAYHOST, or passed on")
+    relay.add_argument("--limit", type=int, default=30, help="how many recent mails to list (default 30)")
+    relay_sub = relay.add_subparsers(dest="relay_command")
+    relay_retry = relay_sub.add_parser("retry", help="send a mail the MTA kept refusing again (or all of them)")
+    relay_retry.add_argument("relay_id", help="its id, or `all`")
+    relay.set_defaults(handler=cmd_relay)
 
     check = sub.add_parser("check", help="load the location and its workshops")
     check.set_defaults(handler=cmd_check)
@@ -163,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--to", dest="recipient", default="wodmail@localhost", help="the recipient")
     send.add_argument("--print", dest="print_only", action="store_true", help="print the mail instead of sending")
     send.add_argument("--smtp", action="store_true", help="submit over SMTP, signed, even where the admin socket is")
+    send.add_argument(
+        "--range",
+        metavar="MIN,MAX",
+        help="students MIN..MAX, as wod-test-action.sh: one command each (RESET: one for the range); the"
+        " arguments are then CUSTOMER [EMAIL], before the options (default customer 0)",
+    )
     send.set_defaults(handler=cmd_send)
     return parser
 
@@ -184,6 +210,38 @@ def cmd_serve(location: Location, args: argparse.Namespace) -> int:
 
 
 def cmd_send(location: Location, args: argparse.Namespace) -> int:
+    if args.range is not None:
+        return send_range(location, args)
+    return send_one(location, args, list(args.arguments))
+
+
+def send_range(location: Location, args: argparse.Namespace) -> int:
+    """`send VERB --range MIN,MAX`: each command submitted and answered in turn (wodmail.send)."""
+    from wodmail.errors import BadCommand
+    from wodmail.send import RANGE_CUSTOMER, range_students
+
+    try:
+        students = range_students(location, args.verb, args.range)
+    except BadCommand as exc:
+        print(f"wodmail send: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    if args.print_only:
+        print("wodmail send: --range submits each command itself: it takes no --print", file=sys.stderr)
+        return EX_USAGE
+    rest = list(args.arguments) if args.arguments or args.customer else [RANGE_CUSTOMER]
+    accepted, result = 0, 0
+    for student in students:
+        code = send_one(location, args, [student, *rest], label=f"student{student}: ")
+        accepted += code == 0
+        result = result or code
+        if code == EX_TEMPFAIL:
+            break  # no daemon or no door: the next ones would fail the same way
+    print(f"{accepted} of {len(students)} command(s) accepted")
+    return result
+
+
+def send_one(location: Location, args: argparse.Namespace, arguments: list[str], label: str = "") -> int:
+    """Compose one command and submit it: the admin socket, else signed over SMTP (or print it)."""
     from wodmail import admin
     from wodmail.errors import BadCommand
     from wodmail.send import ComposedMail, compose, submit
@@ -192,7 +250,7 @@ def cmd_send(location: Location, args: argparse.Namespace) -> int:
         return compose(
             location,
             args.verb,
-            list(args.arguments),
+            arguments,
             workshop=args.workshop,
             customer=args.customer,
             address=args.email,
@@ -214,7 +272,7 @@ def cmd_send(location: Location, args: argparse.Namespace) -> int:
                 print(f"wodmail send: the admin socket failed: {exc}", file=sys.stderr)
                 return EX_TEMPFAIL
             else:
-                print(reply.line, file=sys.stdout if reply.accepted else sys.stderr)
+                print(label + reply.line, file=sys.stdout if reply.accepted else sys.stderr)
                 return exit_code_for(reply.code)
         try:
             mail = composed(unsigned_ok=False)
@@ -223,7 +281,7 @@ def cmd_send(location: Location, args: argparse.Namespace) -> int:
                 exc.file, exc.key, f"{exc.reason}; the admin socket, which needs none, is not usable ({unavailable})"
             ) from None
     except BadCommand as exc:
-        print(f"wodmail send: not a valid command: {exc}", file=sys.stderr)
+        print(f"wodmail send: {label}not a valid command: {exc}", file=sys.stderr)
         return EX_DATAERR
     if args.print_only:
         sys.stdout.buffer.write(mail.as_bytes(crlf=False))
@@ -238,7 +296,7 @@ def cmd_send(location: Location, args: argparse.Namespace) -> int:
     except smtplib.SMTPException as exc:
         print(f"wodmail send: SMTP dialogue failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    print(reply.line, file=sys.stdout if reply.accepted else sys.stderr)
+    print(label + reply.line, file=sys.stdout if reply.accepted else sys.stderr)
     return exit_code_for(reply.code)
 
 
@@ -288,7 +346,7 @@ def cmd_jobs(location: Location, args: argparse.Namespace) -> int:
     if args.jobs_command == "show":
         return show_job(conn, args.job_id)
     counts = queue.job_counts(conn)
-    states = ("queued", "running", "done", "failed", "held")
+    states = queue.JOB_STATES
     print("jobs: " + ", ".join(f"{counts.get(state, 0)} {state}" for state in states))
     waiting = queue.oldest_waiting(conn)
     if waiting:
@@ -297,7 +355,8 @@ def cmd_jobs(location: Location, args: argparse.Namespace) -> int:
     for job in queue.list_jobs(conn, args.state, args.limit):
         command = job.command
         student = f"student{command.stdid}" + (f"..{command.last_stdid}" if command.is_range else "")
-        text = job.error if job.state in ("failed", "held") or (job.state == "queued" and job.error) else job.outcome
+        erred = job.state in ("failed", "held", "cancelled") or (job.state == "queued" and job.error)
+        text = job.error if erred else job.outcome
         print(
             f"{job.id:>6}  {job.state:8} {command.verb:8} {student:14} {command.workshop or '-':22}"
             f" {when(job.received):19}  {text or ''}"
@@ -405,6 +464,9 @@ def cmd_refused(location: Location, args: argparse.Namespace) -> int:
         sys.stdout.write(bytes(mail).decode("utf-8", "replace"))
         print()
         return 0
+    counts = queue.refused_counts(conn)
+    doors = ", ".join(f"{count} at {door}" for door, count in sorted(counts.items()))
+    print(f"refused: {sum(counts.values())} mails kept" + (f" ({doors})" if doors else ""))
     print(f"{'ID':>6}  {'RECEIVED':19} {'DOOR':8} {'PEER':16} CODE REASON")
     for rid, received, door, peer, _sender, code, reason, _size in queue.list_refused(conn, args.limit):
         print(f"{rid:>6}  {when(received):19} {door:8} {peer or 'local':16} {code} {reason}")
@@ -414,7 +476,7 @@ def cmd_refused(location: Location, args: argparse.Namespace) -> int:
 def cmd_outbox(location: Location, args: argparse.Namespace) -> int:
     conn = reader(location)
     counts = queue.outbox_counts(conn)
-    print("callbacks: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "delivered", "failed")))
+    print("callbacks: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "delivered", "failed", "expired")))
     for entry in queue.undelivered_callbacks(conn, 200):
         body = dict(entry.body)
         if entry.secret_field:
@@ -424,6 +486,64 @@ def cmd_outbox(location: Location, args: argparse.Namespace) -> int:
             f" tries {entry.attempts} next {when(entry.next_attempt)} {entry.last_error or ''}"
         )
     return 0
+
+
+def cmd_relay(location: Location, args: argparse.Namespace) -> int:
+    """The relayed mails: never their content (a credentials mail holds a password)."""
+    if args.relay_command == "retry":
+        path = location.state_dir / "queue.sqlite3"
+        if not path.exists():
+            raise ConfigError(location.state_dir, "STATEDIR", "holds no queue yet")
+        relay_id = None if args.relay_id == "all" else int(args.relay_id) if args.relay_id.isdigit() else -1
+        writer = queue.Writer(path)
+        try:
+            count = writer.run_sync(queue.relay_retry(relay_id))
+        except (LookupError, ValueError) as exc:
+            print(f"wodmail: {exc}", file=sys.stderr)
+            return EX_DATAERR
+        finally:
+            writer.close()
+        print(f"{count} mail(s) queued for RELAYHOST again; the daemon sends them within seconds")
+        return 0
+    conn = reader(location)
+    counts = queue.relay_counts(conn)
+    where = location.relay.where if location.relay.host else "not set: mails for people are refused"
+    print(f"RELAYHOST {where}")
+    print("mails: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "sent", "failed")))
+    for entry in queue.list_relay(conn, args.limit):
+        line = (
+            f"  {entry.id:>6} {entry.state:7} {when(entry.received)} from {entry.peer or 'this host'} ({entry.door})"
+            f" {entry.size} bytes, {len(entry.recipients)} recipient(s), tries {entry.attempts}"
+        )
+        if entry.state == "sent":
+            line += f", passed on {when(entry.sent)}"
+        elif entry.state == "pending" and entry.attempts:
+            line += f", next {when(entry.next_attempt)}"
+        if entry.last_error:
+            line += f"  !! {entry.last_error}"
+        print(line)
+    return 0
+
+
+def readable_secrets(location: Location) -> list[str]:
+    """A warning for each file that holds a secret in clear and that others may read."""
+    held: dict[Path, list[str]] = {}
+    for key in location.in_clear:
+        mapped = location.original.source_of(key) if location.original is not None else None
+        held.setdefault(Path(mapped.origin) if mapped is not None else location.file, []).append(key)
+    warnings = []
+    for file, keys in held.items():
+        try:
+            mode = file.stat().st_mode & 0o777
+        except OSError:
+            continue
+        if mode & 0o077:
+            warnings.append(
+                f"{file} holds {', '.join(keys)} in clear and is readable by others (mode {mode:04o}): make it"
+                f" `chmod 600 {file}` (owned by the user wodmail runs as), or give each as env:NAME (from"
+                " the unit's environment) or file:/path to a file only that user reads"
+            )
+    return warnings
 
 
 def cmd_check(location: Location, args: argparse.Namespace) -> int:
@@ -455,11 +575,21 @@ def cmd_check(location: Location, args: argparse.Namespace) -> int:
     # On stderr, loud, and apart from the report: they are about this host, not the files.
     for warning in shared_host_warnings(location):
         print(f"WARNING: {warning}", file=sys.stderr)
+    for warning in readable_secrets(location):
+        print(f"WARNING: {warning}", file=sys.stderr)
     print(f"  state {location.state_dir}, homes {location.student_dir}, workshops {location.workshop_dir}")
     print(f"  students {location.student_min}..{location.student_max}, BASESTDID {location.base_stdid}")
     print(
         f"  callbacks: {location.api_endpoint or 'off (APIENDPOINT not set)'}; JupyterHub: {location.hub_url or 'off'}"
     )
+    relay = location.relay
+    print(
+        f"  mails for people: {f'relayed to {relay.where}' if relay.host else 'refused (RELAYHOST not set)'};"
+        f" a CREATE must be done within {location.jobs.app_deadline:g} s (APPDEADLINE)"
+    )
+    if location.original is not None:  # the keys taken from the original backend's files and names
+        for line in location.original.report():
+            print(f"  {line}")
     for workshop in location.workshops.values():
         flags = [flag for flag in ("reset", "ldap", "varpass") if getattr(workshop, flag)]
         hooks = ",".join(sorted(workshop.hooks)) or "no hooks"
@@ -480,18 +610,23 @@ def check_catalog(location: Location) -> int:
         print(f"  {name:24} not served: {reason}")
     for warning in location.warnings:
         print(f"warning: {warning}")
-    renderer = Renderer(optional_variables=location.optional_variables)
+    renderer = Renderer.for_location(location)
     failed = 0
+    warned = list(location.warnings)
     for workshop in location.workshops.values():
         try:
-            renderer.workshop(workshop.content)
+            compiled = renderer.workshop(workshop.content)
         except StepFailed as exc:
             print(f"error: {workshop.name}: {exc}")
             failed += 1
+            continue
+        for warning in compiled.warnings:  # e.g. a notebook deployed as it was in the catalog
+            print(f"warning: {warning}")
+            warned.append(warning)
     served = len(location.workshops)
     print(
         f"{served} workshop(s) served, {len(location.not_served)} known but not served, "
-        f"{len(location.warnings)} warning(s), {failed} with template errors"
+        f"{len(warned)} warning(s), {failed} with template errors"
     )
     return EX_DATAERR if failed else 0
 

@@ -4,9 +4,10 @@ every student.
 `wodmail.compiling` builds a `CompiledWorkshop` from a content folder; `render` renders
 its templated files for one student's variables (wodmail.rendering), `render_at` and
 `render_into` deploy the whole workshop into a folder of the student's home through the
-safe file-system layer (wodmail.safefs), and `unchanged_on_disk` tells whether the
-catalog files it was built from are still as they were. All errors are `StepFailed`; no
-message ever carries a variable's value.
+safe file-system layer (wodmail.safefs), with the copy steps the location asks for
+(wodmail.copysteps), and `unchanged_on_disk` tells whether the catalog files it was built
+from are still as they were. All errors are `StepFailed`; no message ever carries a
+variable's value.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from types import MappingProxyType
 
 from jinja2 import Template
 
+from wodmail.copysteps import CHECKPOINTS, NO_COPY_STEPS, CopySteps, write_checkpoint, write_pdf_script, write_workspace
 from wodmail.erase import DIR_FLAGS
 from wodmail.errors import StepFailed
 from wodmail.identity import as_daemon
 from wodmail.rendering import Substitution, newlines_at_end, render_context, render_failure
 from wodmail.safefs import READ_FLAGS, copy_new_file, is_symlink_at, replace_folder, write_new_file
 
-__all__ = ["CompiledWorkshop", "CopiedFile", "Folder", "Signature", "TemplatedFile", "signature"]
+__all__ = ["CompiledWorkshop", "CopiedFile", "Folder", "LinkedFile", "Signature", "TemplatedFile", "signature"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,20 @@ class CopiedFile:
     name: str
     relative: Path
     source: str
+    mode: int | None = None
+    """The copy's mode; None: the catalog file's."""
+    broken_notebook: bool = False
+    """A notebook not valid JSON in the catalog, deployed as it is (wodmail.compiling)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedFile:
+    """A symbolic link of the catalog, made again in the student's copy."""
+
+    name: str
+    relative: Path
+    target: str
+    """What the link points to: a path relative to its folder, inside the workshop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +88,7 @@ class Folder:
     templated: tuple[TemplatedFile, ...]
     copied: tuple[CopiedFile, ...]
     folders: tuple[Folder, ...]
+    links: tuple[LinkedFile, ...] = ()
 
 
 #: What tells that a catalog file or folder changed: times, size, inode, mode.
@@ -98,6 +115,13 @@ class CompiledWorkshop:
     """Relative paths of the notebooks (*.ipynb, checkpoints excluded), sorted."""
     copied: tuple[Path, ...]
     """Relative paths of the files copied byte for byte, sorted."""
+    links: tuple[Path, ...]
+    """Relative paths of the symbolic links kept as links, sorted."""
+    warnings: tuple[str, ...]
+    """What deploys but is odd, one line each (a notebook already broken in the catalog)."""
+    copy_steps: CopySteps
+    """What `render_at` adds to the workshop's own files (wodmail.copysteps); set by the
+    `Renderer` from the location."""
 
     def __init__(
         self,
@@ -105,20 +129,30 @@ class CompiledWorkshop:
         real_root: str,
         tree: Folder,
         dependencies: tuple[tuple[str, Signature], ...],
+        *,
+        warnings: tuple[str, ...] = (),
+        copy_steps: CopySteps = NO_COPY_STEPS,
     ) -> None:
         self.root = root
         self.name = root.name
         self._real_root = real_root
         self._tree = tree
         self._dependencies = dependencies
+        self.warnings = warnings
+        self.copy_steps = copy_steps
         templated: dict[Path, TemplatedFile] = {}
         copied: list[Path] = []
+        broken: list[Path] = []
+        links: list[Path] = []
         for folder in _walk(tree):
             templated.update((f.relative, f) for f in folder.templated)
             copied.extend(f.relative for f in folder.copied)
+            broken.extend(f.relative for f in folder.copied if f.broken_notebook)
+            links.extend(f.relative for f in folder.links)
         self._templated = templated
-        self.notebooks = tuple(sorted(p for p, f in templated.items() if f.notebook))
+        self.notebooks = tuple(sorted([*(p for p, f in templated.items() if f.notebook), *broken]))
         self.copied = tuple(sorted(copied))
+        self.links = tuple(sorted(links))
 
     @property
     def templates(self) -> Mapping[Path, Template]:
@@ -127,8 +161,8 @@ class CompiledWorkshop:
 
     @property
     def file_count(self) -> int:
-        """How many files `render_into` writes."""
-        return len(self._templated) + len(self.copied)
+        """How many files and links `render_into` writes from the catalog."""
+        return len(self._templated) + len(self.copied) + len(self.links)
 
     def unchanged_on_disk(self) -> bool:
         """True while no file or folder it was built from has changed (stat only)."""
@@ -227,18 +261,47 @@ class CompiledWorkshop:
         in a student's home, the student (wodmail.homes runs it with the student's
         identity; the catalog's files are read as the daemon).
 
+        With `copy_steps`, the copy of the original backend's extra files: the checkpoint
+        copy of 0-ReadMeFirst.ipynb and the PDF script go into the new folder before it is
+        swapped in, the JupyterLab workspace into `parent_fd` (the home) after.
+
         Returns the number of files written.
         """
         rendered = self.render(variables)
         where = where or leaf
         if not leaf or leaf in (".", "..") or "/" in leaf:
             raise StepFailed(f"{self.name}: cannot deploy into {where}")
+        steps = self.copy_steps
         try:
             if is_symlink_at(parent_fd, leaf):
                 raise StepFailed(f"{self.name}: {where} is a symbolic link; refusing to deploy there")
-            return replace_folder(parent_fd, leaf, lambda folder_fd: self._fill(folder_fd, self._tree, rendered))
+            written = replace_folder(parent_fd, leaf, lambda folder_fd: self._fill_root(folder_fd, rendered))
+            if steps.workspace:
+                write_workspace(parent_fd, leaf)
+                written += 1
         except OSError as exc:
             raise StepFailed(f"{self.name}: cannot deploy into {where}: {exc.strerror or type(exc).__name__}") from None
+        return written
+
+    def _fill_root(self, folder_fd: int, rendered: Mapping[Path, bytes]) -> int:
+        """The workshop's own files, then the copy steps' files inside the workshop folder."""
+        written = self._fill(folder_fd, self._tree, rendered)
+        steps = self.copy_steps
+        if steps.checkpoint:
+            readme = Path(CHECKPOINTS.source)
+            if readme in rendered:
+                write_checkpoint(folder_fd, rendered[readme])
+                written += 1
+            elif any(f.relative == readme for f in self._tree.copied):
+                # deployed as it was in the catalog (not rendered): its checkpoint is the copy's
+                readme_fd = os.open(CHECKPOINTS.source, READ_FLAGS, dir_fd=folder_fd)
+                with os.fdopen(readme_fd, "rb") as copy:
+                    write_checkpoint(folder_fd, copy.read())
+                written += 1
+        if steps.pdf_script is not None:
+            write_pdf_script(folder_fd, steps.pdf_script)
+            written += 1
+        return written
 
     def _fill(
         self,
@@ -253,6 +316,9 @@ class CompiledWorkshop:
             written += 1
         for copy in folder.copied:
             _copy_new_file(folder_fd, copy, self.name)
+            written += 1
+        for link in folder.links:
+            os.symlink(link.target, link.name, dir_fd=folder_fd)
             written += 1
         for sub in folder.folders:
             os.mkdir(sub.name, 0o700, dir_fd=folder_fd)
@@ -298,6 +364,6 @@ def _copy_new_file(folder_fd: int, file: CopiedFile, workshop: str) -> None:
         st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode):
             raise StepFailed(f"{workshop}/{file.relative.as_posix()}: not a regular file any more")
-        copy_new_file(src, folder_fd, file.name, stat.S_IMODE(st.st_mode))
+        copy_new_file(src, folder_fd, file.name, stat.S_IMODE(st.st_mode) if file.mode is None else file.mode)
     finally:
         os.close(src)

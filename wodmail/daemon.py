@@ -149,13 +149,15 @@ def queue_status(db_path: Path) -> str:
         conn = queue.connect(db_path)
         try:
             jobs, callbacks = queue.job_counts(conn), queue.outbox_counts(conn)
+            relayed = queue.relay_counts(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
         return f"queue unreadable: {exc}"
     states = ("queued", "running", "failed", "held", "done")
     shown = ", ".join(f"{jobs.get(state, 0)} {'waiting' if state == 'queued' else state}" for state in states)
-    return f"{shown}; {callbacks.get('pending', 0)} callbacks waiting"
+    relaying = f"; {relayed['pending']} mails to relay" if relayed.get("pending") else ""
+    return f"{shown}; {callbacks.get('pending', 0)} callbacks waiting{relaying}"
 
 
 def remove_half_made(state_dir: Path) -> None:

@@ -3,6 +3,14 @@
 No real work happens here: a command is accepted (250 / exit 0) once it is committed to
 the queue, refused (5xx / 65 / 77) with the exact reason and a record the operator can
 read, or answered 451 / 75 when the commit itself failed.
+
+A mail that is not a command (`is_command_mail`: its Subject's first word is no verb, it is
+not signed, its body does not start with a workshop name) is a mail for a person that the
+registration app sends through the same port. With RELAYHOST set, such a mail from a peer
+allowed to send commands on that door is committed to the relay table and answered 250;
+the jobs process passes it on (wodmail.relay). Otherwise it is refused as any bad command.
+A CREATE is queued with the app's deadline, and a CLEANUP or PURGE cancels the student's
+CREATE still queued, in the same transaction (wodmail.appdeadline).
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ from collections.abc import Callable
 
 from wodmail import queue
 from wodmail.admission import Summary
-from wodmail.command import Command, command_from_fields, read_fields
+from wodmail.appdeadline import SUPERSEDES, deadline_for
+from wodmail.command import WORKSHOP_RE, Command, MailFields, command_from_fields, read_fields
 from wodmail.errors import BadCommand, NotPermitted, Refusal, TryLater
 from wodmail.inbound import InboundMail, Reply
 from wodmail.location import Location
@@ -26,9 +35,30 @@ from wodmail.verbspec import VerbRegistry, shipped_verbs
 log = logging.getLogger(__name__)
 refusals = Summary(log)
 
+#: The doors a mail for a person may come in by (not `deliver`: the MTA's own pipe, nor the
+#: admin socket: `wodmail send` composes commands only).
+RELAY_DOORS = frozenset({"smtp", "legacy"})
+
+
+def is_command_mail(fields: MailFields, verbs: VerbRegistry) -> bool:
+    """Whether a mail is meant as a command (and is never relayed): it is signed, has no or
+    several Subjects, its Subject's first word is a verb, or its body's first line names a
+    workshop (a command whose Subject the app garbled, e.g. `[object Promise]`)."""
+    if fields.signatures or fields.subjects != 1 or not fields.subject:
+        return True
+    if verbs.lookup(fields.subject.split()[0]) is not None:
+        return True
+    return fields.first_line is not None and WORKSHOP_RE.match(fields.first_line) is not None
+
+
+def _plain_address(address: str) -> bool:
+    """An envelope address that can go to the MTA as it is (no space, control, <>)."""
+    return len(address) <= 320 and all(ch.isprintable() and not ch.isspace() and ch not in "<>" for ch in address)
+
 
 class CommandIntake:
-    """Accepts command mails into the queue for one location.
+    """Accepts command mails into the queue for one location, and (with RELAYHOST) the
+    app's mails for people into the relay table.
 
     `verbs`: the verbs it knows (default: the shipped ones, wodmail.verbs); each command is
     parsed and checked as its verb declares (wodmail.verbspec)."""
@@ -52,10 +82,18 @@ class CommandIntake:
 
     async def submit(self, mail: InboundMail) -> Reply:
         try:
-            command, verified = self.check_signed(mail)
+            auth, fields = self.read(mail)
+            if mail.door in RELAY_DOORS and self.location.relay.host and not is_command_mail(fields, self.verbs):
+                return await self._relay(mail, auth)
+            command, verified = self.command_of(mail, fields, auth)
         except Refusal as refusal:
             return await self._refuse(mail, refusal.smtp_code, refusal.reason)
-        store = queue.enqueue(command, mail)
+        store = queue.enqueue(
+            command,
+            mail,
+            deadline_after=deadline_for(command.verb, self.location.jobs.app_deadline),
+            supersedes=SUPERSEDES.get(command.verb, frozenset()),
+        )
         if verified is not None:
             # The nonce is recorded in the job's own transaction: a replay is refused there.
             store = self.signatures.enqueue_once(verified, store)
@@ -69,9 +107,44 @@ class CommandIntake:
         if enqueued.duplicate:
             log.info("job %d: %s from %s is a copy, not queued again", enqueued.job_id, command.verb, mail.peer)
             return Reply(250, f"already have this command as job {enqueued.job_id}")
+        for cancelled in enqueued.cancelled:
+            log.info("job %d: cancelled, superseded by job %d (%s)", cancelled, enqueued.job_id, command.verb)
         if self.on_enqueued is not None:
             self.on_enqueued(enqueued.job_id)
         return Reply(250, f"queued as job {enqueued.job_id}")
+
+    async def _relay(self, mail: InboundMail, auth: str | None) -> Reply:
+        """Commit a mail for a person to the relay table (wodmail.relay); 250 once committed.
+        Only from a peer allowed to send commands on this door; nothing of it is logged but
+        its size, its peer and its id."""
+        try:
+            if auth is None:
+                try:
+                    auth = self.authorise(mail)
+                except NotPermitted as exc:
+                    raise NotPermitted(f"relaying denied: {exc.reason}") from None
+            if not mail.rcpt_tos:
+                raise BadCommand("a mail to relay needs a recipient")
+            if not all(_plain_address(address) for address in (mail.mail_from, *mail.rcpt_tos)):
+                raise BadCommand("not relayed: the sender or a recipient is not a plain address")
+        except Refusal as refusal:
+            return await self._refuse(mail, refusal.smtp_code, refusal.reason)
+        try:
+            relay_id = await self.writer.run(queue.relay_mail(mail, auth))
+        except TryLater as exc:
+            log.warning("could not commit a mail to relay from %s: %s", mail.peer or "local", exc)
+            return Reply(451, "the mail could not be stored: try again later")
+        log.info(
+            "relay %d: accepted from %s on %s: %d bytes, %d recipient(s)",
+            relay_id,
+            mail.peer or "this host",
+            mail.door,
+            len(mail.data),
+            len(mail.rcpt_tos),
+        )
+        if self.on_enqueued is not None:
+            self.on_enqueued(relay_id)  # wakes the jobs process, which relays too
+        return Reply(250, f"accepted for relay as mail {relay_id}")
 
     async def record_incomplete(self, mail: InboundMail, reason: str) -> None:
         """A mail cut off before its end (legacy door): not a command, but kept for the operator."""
@@ -112,12 +185,21 @@ class CommandIntake:
         to LEGACYPEERS, and the admin socket to root and wodmail's user, signed or not. A
         signature that is present but wrong is refused, whoever sent it.
         """
+        auth, fields = self.read(mail)
+        return self.command_of(mail, fields, auth)
+
+    def read(self, mail: InboundMail) -> tuple[str | None, MailFields]:
+        """The door's own check (legacy, admin: who may send at all), the size cap, and the
+        fields of the mail; how the sender was trusted, if the door said."""
         auth = self.authorise(mail) if mail.door in ("legacy", "admin") else None
         if len(mail.data) > self.location.max_message_size:
             raise BadCommand(
                 f"the mail is {len(mail.data)} bytes, more than the {self.location.max_message_size} a command may have"
             )
-        fields = read_fields(mail.data)
+        return auth, read_fields(mail.data)
+
+    def command_of(self, mail: InboundMail, fields: MailFields, auth: str | None) -> tuple[Command, Verified | None]:
+        """The command of a mail's fields, authorised and validated (see `check_signed`)."""
         signature = signature_of(fields)
         verified = None
         if signature is None:

@@ -3,7 +3,8 @@
 `wodmail serve` runs two processes. The first holds the doors: it answers mail and commits
 commands, nothing else, so a burst of registrations is answered at the speed of the disk
 whatever the jobs cost. It starts this second one (`wodmail jobs-process`, not for
-operators), which runs the jobs and delivers the callbacks, at a lower CPU priority
+operators), which runs the jobs, delivers the callbacks and, with RELAYHOST, passes the
+app's mails for people to the site's MTA (wodmail.relay), at a lower CPU priority
 (JOBSNICE, default 10, and the kernel's batch policy): on a busy host the mail is answered
 first and the jobs catch up.
 Two processes also put both cores of a small Jupyter host to work.
@@ -36,6 +37,7 @@ from wodmail.errors import TryLater
 from wodmail.location import Location
 from wodmail.outbox import Outbox
 from wodmail.passwords import PasswordMint
+from wodmail.relay import MailRelay
 from wodmail.transport import HttpClient
 from wodmail.verbspec import shipped_verbs
 from wodmail.wiring import build_services
@@ -113,6 +115,8 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
                 return
             if data:
                 worker.wake()
+                if relay is not None:
+                    relay.wake()
             elif not stop.is_set():
                 # The doors' process is gone without a word: die as it did (the kernel's
                 # PDEATHSIG will say the same); the queue tells the next daemon where we were.
@@ -122,7 +126,14 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
         loop.add_reader(wake_fd, woken)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        relay = None
+        if location.relay.host:
+            relay = MailRelay(db_path, writer, location.relay)
+        else:
+            warn_unrelayed(db_path)
         tasks = [asyncio.create_task(worker.run(), name="worker")]
+        if relay is not None:
+            tasks.append(asyncio.create_task(relay.run(), name="relay"))
         tasks.append(asyncio.create_task(keep_tidy(writer, location), name="retention"))
         if outbox is not None:
             tasks.append(asyncio.create_task(outbox.run(), name="outbox"))
@@ -143,9 +154,16 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
                     await asyncio.wait_for(outbox.wait_idle(), timeout=5)
                 except TimeoutError:  # still pending in the queue: the next start sends them
                     log.warning("callbacks still in flight after 5 s: stopping without them")
+            if relay is not None:
+                try:
+                    await asyncio.wait_for(relay.wait_idle(), timeout=5)
+                except TimeoutError:  # still pending in the queue: the next start sends them
+                    log.warning("mails being relayed after 5 s: stopping without them")
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if relay is not None:
+                relay.close()
             if outbox is not None:
                 outbox.close()
             if directory is not None:
@@ -155,6 +173,20 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
             log.info("jobs process stopped")
     finally:
         await client.aclose()
+
+
+def warn_unrelayed(db_path: Path) -> None:
+    """Without RELAYHOST: say so when relayed mails still wait (it was removed since)."""
+    try:
+        conn = queue.connect(db_path)
+        try:
+            waiting = queue.relay_counts(conn).get("pending", 0)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return
+    if waiting:
+        log.warning("%d relayed mail(s) wait for RELAYHOST, which is not set (wodmail relay)", waiting)
 
 
 def clear_hook_runs(run_dir: Path) -> None:

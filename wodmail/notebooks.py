@@ -4,6 +4,17 @@ Read as the student (wodmail.homes.Homes.read_home), outside the jobs' event loo
 files the student controls: every open goes through wodmail.safefs (no link followed,
 nothing that blocks), with caps on bytes read and on what is parsed, so a hostile
 notebook gives a number and a warning, never a stall.
+
+Two ways to count (COMPLETION):
+
+- `cells` (wodmail's, the default): executed code cells over all code cells, in every
+  notebook the workshop deployed (sub-folders too);
+- `original`: what the original backend's `wod_get_completion_ratio` computed with
+  `grep execution_count WKSHP-Name/*.ipynb`: lines holding `execution_count`, minus those
+  also holding `null`, over all of them, in the `*.ipynb` files at the top of the student's
+  workshop folder (those the student made too). A run cell whose output is a result has a
+  second, non-null `execution_count` line (the output's), so 5 of 10 cells run with a
+  result each gives 10 / 15 = 66 where `cells` gives 50.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,9 +40,13 @@ MAX_NOTEBOOK_CONTAINERS = 200_000
 #: The most read from one student's notebooks for one completion (memory stays bounded).
 MAX_COMPLETION_BYTES = 64 * 1024 * 1024
 _CODE_CELL_RE = re.compile(r'"cell_type"\s*:\s*"code"')
+#: COMPLETION's values: wodmail's count (the default) and the original backend's.
+COMPLETION_METHODS = ("cells", "original")
+#: The most top-level notebooks the `original` count reads (a student may make thousands).
+MAX_ORIGINAL_NOTEBOOKS = 1000
 
 
-def completion_percentage(deployed: Path, notebooks: Iterable[Path]) -> int:
+def completion_percentage(deployed: Path, notebooks: Iterable[Path], *, method: str = "cells") -> int:
     """`completion_at` on the folder `deployed` (the student's copy of the workshop)."""
     deployed = Path(os.path.abspath(deployed))
     try:
@@ -38,13 +54,17 @@ def completion_percentage(deployed: Path, notebooks: Iterable[Path]) -> int:
     except OSError:
         return 0
     try:
-        return completion_at(parent, deployed.name, notebooks)
+        return completion_at(parent, deployed.name, notebooks, method=method)
     finally:
         os.close(parent)
 
 
-def completion_at(parent_fd: int, leaf: str, notebooks: Iterable[Path], *, who: str = "") -> int:
-    """The share of code cells the student ran, in percent, rounded down.
+def completion_at(parent_fd: int, leaf: str, notebooks: Iterable[Path], *, who: str = "", method: str = "cells") -> int:
+    """The share of the workshop the student did, in percent, rounded down.
+
+    `method` "original": `original_completion_at` (the original backend's count; `notebooks`
+    is not used: it reads the top-level *.ipynb the folder holds). "cells", the default:
+    the share of code cells the student ran.
 
     Over the notebooks `notebooks` (paths relative to `leaf`, the student's copy of the
     workshop in the open folder `parent_fd`): code cells whose `execution_count` is not
@@ -58,6 +78,10 @@ def completion_at(parent_fd: int, leaf: str, notebooks: Iterable[Path], *, who: 
     opened without following symlinks and without blocking (the student owns the folder);
     run it as the student (wodmail.homes.Homes.read_home).
     """
+    if method == "original":
+        return original_completion_at(parent_fd, leaf, who=who)
+    if method != "cells":
+        raise ValueError(f"unknown completion method {method!r}")
     executed = total = 0
     budget = MAX_COMPLETION_BYTES
     skipped: list[str] = []
@@ -104,3 +128,58 @@ def _count_code_cells(text: str) -> tuple[int, int]:
         return 0, len(_CODE_CELL_RE.findall(text))
     code = [c for c in cells if isinstance(c, dict) and c.get("cell_type") == "code"]
     return sum(1 for c in code if c.get("execution_count") is not None), len(code)
+
+
+def original_completion_at(parent_fd: int, leaf: str, *, who: str = "") -> int:
+    """The original backend's completion of the folder `leaf` of `parent_fd`, in percent.
+
+    As `grep execution_count leaf/*.ipynb | wc -l` (all) and the same piped to `grep null`
+    (not run) computed it: over the regular files named *.ipynb (not hidden) at the top of
+    the folder, in name order, the lines holding `execution_count`; those also holding
+    `null` (with grep's `leaf/NAME.ipynb:` prefix when there are several files, as grep
+    wrote it) are not run; (all - not run) * 100 // all, 0 when there is none. Files are
+    read as `completion_at` reads them (no link followed, nothing that blocks, the same
+    caps); what cannot be read counts neither way.
+    """
+    try:
+        folder = os.open(leaf, DIR_FLAGS, dir_fd=parent_fd)
+    except OSError:
+        return 0
+    try:
+        names = sorted(
+            entry.name
+            for entry in os.scandir(folder)
+            if entry.name.endswith(".ipynb")
+            and not entry.name.startswith(".")
+            and stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode)
+        )
+    except OSError:
+        names = []
+    finally:
+        os.close(folder)
+    counted = names[:MAX_ORIGINAL_NOTEBOOKS]
+    prefixed = len(names) > 1
+    total = missed = 0
+    budget = MAX_COMPLETION_BYTES
+    skipped: list[str] = []
+    for name in counted:
+        data = read_regular_beneath(parent_fd, Path(leaf) / name, min(MAX_NOTEBOOK_BYTES, budget))
+        if data is None:
+            skipped.append(name)
+            continue
+        budget -= len(data)
+        prefix = f"{leaf}/{name}:".encode() if prefixed else b""
+        for line in data.split(b"\n"):
+            if b"execution_count" in line:
+                total += 1
+                if b"null" in line or b"null" in prefix:
+                    missed += 1
+    if skipped or len(names) > len(counted):
+        log.warning(
+            "completion of %s%s: %d notebook(s) not counted: %s",
+            f"{who} " if who else "",
+            leaf,
+            len(skipped) + len(names) - len(counted),
+            ", ".join(skipped)[:500],
+        )
+    return (total - missed) * 100 // total if total else 0

@@ -6,6 +6,12 @@ order per student, retrying with capped exponential backoff and jitter (wodmail.
 until the app takes them. A callback the app keeps refusing (a 4xx other than 401/408/429)
 is set aside as failed after MAX_CLIENT_ERRORS tries, visible with `wodmail outbox`; none
 is ever dropped silently.
+
+A callback that activates a customer carries its job's deadline (the registration app's,
+wodmail.appdeadline): one not delivered by then is never sent. Right before each try of
+such a callback the outbox reads its row again: past the deadline it is marked `expired`
+(its error names APPDEADLINE), and one a CLEANUP or PURGE expired meanwhile is dropped from
+the line. Both stay visible in `wodmail outbox` and `wodmail jobs show`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from wodmail import queue
+from wodmail.appdeadline import expired_callback
 from wodmail.backoff import backoff
 from wodmail.errors import AppRefused, StepFailed, TransientError, TryLater
 from wodmail.passwords import PasswordMint
@@ -39,6 +46,8 @@ BACKOFF_CAP = 300.0
 FIRST_BACKOFF = 1.0
 #: Each wait is between this share of the backoff and all of it.
 BACKOFF_JITTER = 0.5
+#: Why an activating callback was not sent.
+PAST_DEADLINE = "not delivered within APPDEADLINE of its job's arrival: the registration app has given up"
 
 
 class Outbox:
@@ -170,6 +179,9 @@ class Outbox:
         what = f"{entry.method} {entry.path}"
         retry_at: float | None = time.time() + 1.0
         try:
+            if entry.expires is not None and not await self._still_due(entry, what):
+                retry_at = None
+                return
             retry_at = await self._send(entry, body, what)
         except TryLater as exc:
             # The queue could not record the outcome (disk full, read-only STATEDIR): the
@@ -177,6 +189,24 @@ class Outbox:
             log.error("outbox: cannot record the delivery of %s: %s", what, exc)
         finally:
             self._settled(entry, retry_at)
+
+    async def _still_due(self, entry: OutboxEntry, what: str) -> bool:
+        """Whether an activating callback may still go out: still pending (a CLEANUP did not
+        expire it) and before its deadline (else it is expired now, for good)."""
+        try:
+            row = queue.callback_state(self._reader, entry.id)
+        except sqlite3.Error as exc:
+            log.warning("outbox: cannot read callback %d again (%s): not sent now", entry.id, exc)
+            raise TryLater(f"cannot read callback {entry.id}: {exc}") from None
+        if row is None or row[0] != "pending":
+            log.info("job %d: callback %s not sent: %s meanwhile", entry.job_id, what, row[0] if row else "gone")
+            return False
+        expires = row[1] if row[1] is not None else entry.expires
+        if expires is not None and time.time() >= expires:
+            await self._writer.run(queue.outbox_expired(entry.id, expired_callback(PAST_DEADLINE)))
+            log.warning("job %d: callback %s not sent: %s", entry.job_id, what, PAST_DEADLINE)
+            return False
+        return True
 
     def _backoff(self, attempt: int) -> float:
         return backoff(attempt, first=FIRST_BACKOFF, cap=self._backoff_cap, jitter=BACKOFF_JITTER)

@@ -52,7 +52,7 @@ class Playbooks:
             # YAML, not JSON: mappings keyed by numbers (OVIP: {7: ...}) keep their keys.
             yaml.safe_dump(plain(variables), out)
         env = {
-            **{name: value for name, value in os.environ.items() if value not in self._withheld},
+            **inherited_environment(self._withheld),
             "ANSIBLE_LOCAL_TEMP": str(self.run_dir / "ansible-local"),
             "ANSIBLE_REMOTE_TEMP": str(self.run_dir / "ansible-remote"),
             "ANSIBLE_RETRY_FILES_ENABLED": "false",
@@ -95,6 +95,13 @@ class Playbooks:
         if process.returncode != 0:
             raise StepFailed(f"playbook {hook} failed (exit {process.returncode}): ...{text[-OUTPUT_TAIL:]}")
         return f"playbook {hook.name} ok"
+
+
+def inherited_environment(withheld: frozenset[str]) -> dict[str, str]:
+    """The daemon's environment for a child it runs (a hook, a workshop script), without any
+    variable holding one of wodmail's secrets (`withheld`: they may have come from the
+    environment, `env:NAME`)."""
+    return {name: value for name, value in os.environ.items() if value not in withheld}
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:

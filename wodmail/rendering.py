@@ -14,7 +14,9 @@ variable `KEY`: `render_context`), with three changes:
 - in a notebook every inserted value is escaped for a JSON string (the notebook
   environment's finalize), so a value holding quotes, backslashes or newlines cannot
   break the notebook; `always_valid_json` tells which notebooks no value can break (the
-  others are checked after each render).
+  others are checked after each render). A value a site already escaped for the
+  original backend, which inserted values raw, is inserted as it is
+  (`is_already_escaped`): escaping it again would show its backslashes to students.
 
 A template that is only text and lookups renders through `Substitution`, without running
 Jinja's compiled code. No error message ever carries a variable's value.
@@ -40,6 +42,8 @@ __all__ = [
     "DEFAULT_INVENTORY_HOSTNAME",
     "Substitution",
     "always_valid_json",
+    "escape_for_json_string",
+    "is_already_escaped",
     "newlines_at_end",
     "render_context",
     "render_failure",
@@ -52,7 +56,7 @@ DEFAULT_INVENTORY_HOSTNAME = "localhost"
 
 #: Changes whenever what the environments generate changes (their settings, finalize, ...):
 #: part of each cached template's name, so older code is never loaded.
-CODE_FORMAT = "wodmail-templates-1"
+CODE_FORMAT = "wodmail-templates-2"
 
 #: What json.dumps(ensure_ascii=False) escapes in a string: quote, backslash, controls.
 _JSON_SPECIAL = re.compile(r'[\x00-\x1f"\\]')
@@ -173,8 +177,38 @@ def _finalize_json_string(value: object) -> str:
     """Insert a value escaped for the inside of a JSON string (notebooks), None as ""."""
     if value is None:
         return ""
-    text = str(value)
+    return escape_for_json_string(str(value))
+
+
+#: An escaped quote or an escaped backslash: what a site writes when it escapes a value.
+_ESCAPED_QUOTE_OR_BACKSLASH = re.compile(r'\\["\\]')
+
+
+def is_already_escaped(text: str) -> bool:
+    """Whether `text` is a value a site already escaped for the inside of a JSON string.
+
+    True when both hold: it holds an escaped quote or an escaped backslash (the two-character
+    sequences `\\"` or `\\\\`), and inserted as it is between two quotes it makes a valid
+    JSON string (every quote escaped, every backslash the start of a JSON escape, no control
+    character). Such a value was written for the original backend, which inserted values
+    raw: inserted raw here too, it gives the same notebook. A value with other escapes only
+    (`\\n`, `\\t`: a Windows path such as C:\\temp) is not taken as escaped.
+    """
+    if _ESCAPED_QUOTE_OR_BACKSLASH.search(text) is None:
+        return False
+    try:
+        json.loads(f'"{text}"')
+    except ValueError:
+        return False
+    return True
+
+
+def escape_for_json_string(text: str) -> str:
+    """`text` as it goes inside a JSON string: escaped (quote, backslash, control characters),
+    unless it needs nothing or a site already escaped it (`is_already_escaped`)."""
     if _JSON_SPECIAL.search(text) is None:  # the common case, and 40% of a render's time
+        return text
+    if "\\" in text and is_already_escaped(text):
         return text
     return json.dumps(text, ensure_ascii=False)[1:-1]
 

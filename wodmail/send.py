@@ -3,6 +3,7 @@
     wodmail send CREATE 5 --customer c5 --workshop WKSHP-Ansible101 [--email a@example.com]
     wodmail send RESET 1,20 c7 --workshop WKSHP-Reset
     wodmail send PURGE 5 c5 --print | wodmail deliver
+    wodmail send CREATE --range 1,20 --workshop WKSHP-Ansible101      (customer 0, as below)
 
 The Subject is the verb and its arguments (positional, or `--customer` / `--email` added
 after them); the body is the workshop. What a verb takes is what it declares in the
@@ -17,12 +18,20 @@ Otherwise over SMTP to SMTPHOST:SMTPPORT (STARTTLS when the door offers it), sig
 printed (`--print`, signed) for `wodmail deliver` or any other pipe. `--smtp` skips the
 admin socket. The key never appears on a command line: it is read from the location
 (env: / file:).
+
+`--range MIN,MAX` sends what the original backend's test script (wod-test-action.sh) sent:
+one command per student MIN..MAX, each submitted and answered before the next, except for a
+verb that takes a range itself (RESET: one command for the range); the arguments are then
+the customer (default "0", the script's) and the e-mail. A range that is not MIN,MAX (or
+one number), is reversed, or leaves STUDENTMIN..STUDENTMAX is refused before anything is
+sent (`range_students`).
 """
 
 from __future__ import annotations
 
 import email.policy
 import getpass
+import re
 import smtplib
 import socket
 import ssl
@@ -39,6 +48,9 @@ from wodmail.verbspec import VerbRegistry, shipped_verbs
 
 DEFAULT_RECIPIENT = "wodmail@localhost"
 SUBMIT_TIMEOUT = 30.0
+RANGE_CUSTOMER = "0"
+"""The customer of `--range` commands when none is given: what wod-test-action.sh sent."""
+_RANGE = re.compile(r"([0-9]{1,9})(?:,([0-9]{1,9}))?")
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,37 @@ def check_arguments(
             f"{spec.name} takes at most {spec.most_arguments} arguments, got {given}; it takes"
             f" {spec.argument_description}"
         )
+
+
+def range_students(location: Location, verb: str, text: str, verbs: VerbRegistry | None = None) -> list[str]:
+    """The student argument of each command `send VERB --range MIN,MAX` sends, in order: the
+    range itself, once, for a verb that takes one (RESET); else each student's number.
+
+    `BadCommand`, with the reason, for an unknown verb or a bad range (`parse_range`)."""
+    registry = verbs if verbs is not None else shipped_verbs()
+    spec = registry.lookup(verb)
+    if spec is None:
+        raise BadCommand(f"unknown verb {verb[:40]!r}: expected one of {registry.words}")
+    first, last = parse_range(location, text)
+    if spec.student_range:
+        return [f"{first},{last}" if first != last else str(first)]
+    return [str(stdid) for stdid in range(first, last + 1)]
+
+
+def parse_range(location: Location, text: str) -> tuple[int, int]:
+    """`MIN,MAX` (or one number, MIN): the first and last student; `BadCommand` when it is not
+    that, MIN is above MAX, or the range leaves this host's STUDENTMIN..STUDENTMAX."""
+    match = _RANGE.fullmatch(text.strip())
+    if match is None:
+        raise BadCommand(f"--range {text[:40]!r}: expected MIN,MAX (two student numbers, e.g. 1,20) or one number")
+    first = int(match.group(1))
+    last = int(match.group(2)) if match.group(2) is not None else first
+    if first > last:
+        raise BadCommand(f"--range {first},{last}: MIN {first} is above MAX {last}")
+    low, high = location.student_min, location.student_max
+    if first < low or last > high:
+        raise BadCommand(f"--range {first},{last}: outside this host's students {low}..{high} (STUDENTMIN..STUDENTMAX)")
+    return first, last
 
 
 def submit(

@@ -2,13 +2,14 @@
 
 Verbs never import httpx, ldap3 or subprocess, nor this module at run time. They get a
 `JobRun` (wodmail.journal: their command, their passwords, their steps) and the `Services`
-of the host (homes, workshop renderer, playbooks, JupyterHub, accounts, LDAP, the
-registration app's workshops list), each doing its own I/O. The callbacks they ask for are
-plain data (wodmail.callbacks).
+of the host (homes, workshop renderer, playbooks, the site's workshop scripts, JupyterHub,
+accounts, LDAP, the registration app's workshops list), each doing its own I/O. The
+callbacks they ask for are plain data (wodmail.callbacks).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +23,7 @@ from wodmail.hub import Hub
 from wodmail.location import Location, Workshop
 from wodmail.playbooks import Playbooks
 from wodmail.regapp import RegistrationApp
+from wodmail.scripts import WorkshopScript, WorkshopScripts
 from wodmail.workshop import Renderer
 
 if TYPE_CHECKING:
@@ -64,20 +66,99 @@ class Services:
         """The registration app's student id: stdid + BASESTDID."""
         return stdid + self.location.base_stdid
 
-    def template_variables(self, command: Command, workshop: Workshop, stdid: int, password: str) -> dict[str, Any]:
+    def template_variables(
+        self, command: Command, workshop: Workshop, stdid: int, password: str, *, student_file: bool = False
+    ) -> dict[str, Any]:
         """What a workshop's templates and hooks see for one student (wodmail.catalog: the
-        location, the workshop's variables and variable files, the student's values)."""
+        location, the workshop's variables and variable files, the student's values);
+        `student_file`: with what its create scripts wrote for the student (wodmail.scripts)."""
         from wodmail.catalog import template_variables
 
-        return template_variables(self.location, workshop, stdid, password, customer=command.customer)
+        written = self.scripts.read_student_variables(workshop, stdid) if student_file else None
+        return template_variables(
+            self.location, workshop, stdid, password, customer=command.customer, student_variables=written
+        )
 
-    async def deploy(self, stdid: int, workshop: Workshop, variables: dict[str, Any]) -> int:
-        """Render `workshop` into student{stdid}'s home, as the student; the number of files written."""
+    @functools.cached_property
+    def scripts(self) -> WorkshopScripts:
+        """The site's workshop scripts (SCRIPTDIR, SCRIPTPRIVDIR) and appliances."""
+        return WorkshopScripts(self.location, withheld=self.location.withheld)
+
+    def workshop_scripts(self, workshop: Workshop, stage: str) -> list[WorkshopScript]:
+        """`workshop`'s executable `stage` scripts (create, post-copy, cleanup, reset), public first."""
+        return self.scripts.find(workshop, stage)
+
+    async def run_scripts(self, job: JobRun, workshop: Workshop, stage: str, stdid: int, password: str) -> int:
+        """Run `workshop`'s `stage` scripts for student{stdid}, each one step of `job` (a script
+        whose step is recorded is not run again); how many it has. The first create script's
+        step removes the student's variables file an earlier CREATE left."""
+        found = self.scripts.find(workshop, stage)
+        if not found:
+            return 0
+        wid = workshop.app_id
+        if wid is None and self.app is not None:
+            wid = await job.step("workshop id for scripts", self._script_workshop_id, workshop)
+        env = self.scripts.environment(workshop, stdid, password, wid)
+        clear = self.scripts.student_variables_file(workshop, stdid) if stage == "create" else None
+        suffix = f" student{stdid}" if stage == "reset" else ""
+        for number, script in enumerate(found):
+            first_clear = clear if number == 0 else None
+            run = self.scripts.run
+            await job.step(script.step + suffix, run, script, env, first_clear, f"job {job.id}", on_disk=True)
+        return len(found)
+
+    async def _script_workshop_id(self, workshop: Workshop) -> int | None:
+        """`wid` for the scripts: the app's id of `workshop`, None (no `wid`) when it lists none."""
+        try:
+            return await self.find_workshop_id(workshop)
+        except StepFailed as exc:
+            log.warning("%s: the scripts get no wid: %s", workshop.name, exc)
+            return None
+
+    async def remove_student_variables(self, workshop: Workshop, stdid: int) -> str:
+        """Remove what the create scripts wrote for student{stdid}, once CREATE has reported."""
+        return self.scripts.remove_student_variables(workshop, stdid)
+
+    async def deploy(self, stdid: int, workshop: Workshop, variables: dict[str, Any]) -> str:
+        """Render `workshop` into student{stdid}'s home, as the student, between the location's
+        pre- and post-templating tasks (wodmail.templatingtasks): "N files", then the
+        catalog's warnings about the workshop (a notebook deployed as it was)."""
+        from wodmail.templatingtasks import run_templating_tasks
+
         compiled = self.renderer.workshop(workshop.content)
         where = f"{self.homes.student_dir}/student{stdid}/{workshop.content_name}"
-        return await self.homes.work_in_home(
+        deployment = self.location.deployment
+        secrets = [str(variables["PASSSTU"])] if "PASSSTU" in variables else []
+        if deployment.pre_templating is not None:
+            tag = f"student{stdid}-pre-templating"
+            await run_templating_tasks(self.playbooks, deployment.pre_templating, variables, tag=tag, secrets=secrets)
+        files = await self.homes.work_in_home(
             stdid, partial(compiled.render_at, where=where), workshop.content_name, variables
         )
+        if deployment.post_templating is not None:
+            tag = f"student{stdid}-post-templating"
+            await run_templating_tasks(self.playbooks, deployment.post_templating, variables, tag=tag, secrets=secrets)
+        return "; ".join([f"{files} files", *compiled.warnings])
+
+    def scripts_to_compile(self, workshop: Workshop) -> tuple[str, ...]:
+        """The scripts `workshop`'s `compile` names (wodmail.scriptcompiling), none for most."""
+        from wodmail.scriptcompiling import scripts_to_compile
+
+        return scripts_to_compile(workshop.metadata.get("compile"))
+
+    async def compile_scripts(self, command: Command, workshop: Workshop, stdid: int, password: str) -> str:
+        """`workshop`'s `compile` scripts (from SCRIPTDIR, else SCRIPTPRIVDIR) rendered and
+        compiled with shc for student{stdid}, the binaries written into the home as the
+        student (wodmail.scriptcompiling)."""
+        from wodmail.scriptcompiling import compile_scripts, install_compiled
+
+        names = self.scripts_to_compile(workshop)
+        folders = [folder for folder in (self.location.scripts.public_dir, self.location.scripts.private_dir) if folder]
+        variables = self.template_variables(command, workshop, stdid, password)
+        env = self.renderer.text_environment
+        compiled = await compile_scripts(names, folders, variables, env, self.location.state_dir / "run")
+        count = await self.homes.work_in_home(stdid, install_compiled, compiled)
+        return f"{count} compiled: {', '.join(script.name for script in compiled)}"
 
     async def completion(self, stdid: int, workshop: Workshop) -> int:
         """How far student{stdid} went in `workshop`'s notebooks, in percent (read as the student)."""
@@ -85,7 +166,7 @@ class Services:
 
         compiled = self.renderer.workshop(workshop.content)
         try:
-            count = partial(completion_at, who=f"student{stdid}")
+            count = partial(completion_at, who=f"student{stdid}", method=self.location.deployment.completion)
             return await self.homes.read_home(stdid, count, workshop.content_name, compiled.notebooks)
         except HomeMissing:
             return 0

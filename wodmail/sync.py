@@ -21,7 +21,7 @@ from typing import Any
 
 from wodmail.location import Location, Workshop
 
-FLAGS = ("reset", "ldap", "varpass")
+FLAGS = ("reset", "ldap", "varpass", "monoappliance", "multiappliance")
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class Difference:
 
     workshop: str
     what: str
-    """"range", "reset", "ldap", "varpass", "id", "missing locally", "missing in the app",
-    "listed twice" or "unreadable"."""
+    """"range", a flag ("reset", "ldap", "varpass", "monoappliance", "multiappliance"), "id",
+    "missing locally", "missing in the app", "listed twice" or "unreadable"."""
     local: str = ""
     app: str = ""
 

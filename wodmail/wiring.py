@@ -37,9 +37,7 @@ def build_services(
     services = Services(
         location=location,
         homes=homes,
-        renderer=Renderer(
-            optional_variables=location.optional_variables, code_cache=location.state_dir / "template-cache"
-        ),
+        renderer=Renderer.for_location(location, code_cache=location.state_dir / "template-cache"),
         playbooks=Playbooks(location.state_dir, withheld=secret_values(location)),
         hub=hub,
         app=app,

@@ -5,6 +5,13 @@ range is in the queue of each of its students). A job may run when it heads the 
 every student it touches and is due. The `Worker` takes such jobs, at most WORKERS at
 once, runs each through its verb (from a `VerbRegistry`, wodmail.verbspec) with the step
 journal of wodmail.journal, and records how it ended.
+
+A job with a deadline (a CREATE: the registration app gives up on it after APPDEADLINE,
+wodmail.appdeadline) is not started past it, is stopped when it is reached while it runs,
+and is not retried past it: it fails, its error naming APPDEADLINE. A job cancelled in the
+queue (a CREATE superseded by a CLEANUP or PURGE) leaves the scheduler as soon as the
+worker reads the job that cancelled it, so the CLEANUP does not wait for the CREATE's
+next try.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from wodmail import queue
+from wodmail.appdeadline import SUPERSEDES, past_deadline
 from wodmail.backoff import backoff
 from wodmail.errors import StepFailed, TransientError, TryLater
 from wodmail.journal import JobRun
@@ -41,6 +49,10 @@ FIRST_RETRY = 1.0
 RETRY_JITTER = 0.5
 #: How long a job waits when the queue cannot record its progress (disk full, read-only).
 QUEUE_UNAVAILABLE_WAIT = 5.0
+
+
+class PastDeadline(Exception):
+    """A job's deadline came while it ran (its verb was stopped there)."""
 
 
 class Scheduler:
@@ -180,14 +192,35 @@ class Worker:
     def _load(self, rescan: bool) -> None:
         """Add the open jobs the scheduler does not hold yet. A read of the WAL, never waiting
         for the writer: cheaper inline than in a thread, and nothing ends while it runs (a
-        job leaves the scheduler only once its end is committed, so it is never read back)."""
+        job leaves the scheduler only once its end is committed, so it is never read back).
+
+        Then drop the jobs waiting here that the queue cancelled: on a rescan every one no
+        longer open, else those ahead of a new job that supersedes (wodmail.appdeadline)."""
         try:
             jobs = queue.open_jobs(self._reader, 0 if rescan else self.scheduler.highest)
+            added = [job for job in jobs if job.id not in self.scheduler.jobs]
+            for job in added:
+                self.scheduler.add(job)
+            running = self.scheduler.running
+            if rescan:
+                gone = set(self.scheduler.jobs) - running - {job.id for job in jobs}
+            else:
+                ahead = {
+                    job_id
+                    for job in added
+                    if job.command.verb in SUPERSEDES
+                    for stdid in job.command.students
+                    for job_id in self.scheduler.lines.get(stdid, ())
+                    if job_id < job.id and job_id not in running
+                }
+                states = queue.job_states(self._reader, sorted(ahead)) if ahead else {}
+                gone = {job_id for job_id in ahead if states.get(job_id) not in ("queued", "running")}
         except sqlite3.Error as exc:
             log.warning("cannot read the queue: %s", exc)
             return
-        for job in jobs:
-            self.scheduler.add(job)
+        for job_id in sorted(gone):
+            log.info("job %d: cancelled in the queue, not run", job_id)
+            self.scheduler.remove(job_id)
 
     async def stop(self, grace: float) -> None:
         """Stop taking jobs; let running ones finish for `grace` seconds, then hand them back."""
@@ -225,7 +258,14 @@ class Worker:
     async def _execute(self, job: Job) -> None:
         command = job.command
         label = f"{command.verb} {command.student_name}" + (f" {command.workshop}" if command.workshop else "")
+        if job.deadline is not None and time.time() >= job.deadline:
+            await self._fail_past_deadline(job, label, job.error)
+            return
         done = await self._writer.run(queue.claim(job.id))
+        if done is None:
+            log.info("job %d: %s was cancelled before it ran", job.id, label)
+            self.scheduler.remove(job.id)
+            return
         run = JobRun(
             job,
             done,
@@ -237,13 +277,18 @@ class Worker:
         )
         started = time.monotonic()
         try:
-            verb = self._verbs[command.verb]
-            outcome = await verb.run(run, self._services)
+            outcome = await self._run_verb(job, run)
+        except PastDeadline:
+            await self._fail_past_deadline(job, label, None)
+            return
         except TransientError as exc:
             if time.time() - job.received < self._retry_for:
                 delay = backoff(job.retries + 1, first=FIRST_RETRY, cap=self._backoff_cap, jitter=RETRY_JITTER)
-                log.info("job %d: %s: %s; retrying in %.1f s", job.id, label, exc, delay)
                 not_before = time.time() + delay
+                if job.deadline is not None and not_before >= job.deadline:
+                    await self._fail_past_deadline(job, label, str(exc))
+                    return
+                log.info("job %d: %s: %s; retrying in %.1f s", job.id, label, exc, delay)
                 await self._writer.run(queue.postpone(job.id, not_before, str(exc)))
                 self.scheduler.postpone(replace(job, not_before=not_before, retries=job.retries + 1))
                 return
@@ -263,6 +308,29 @@ class Worker:
         await run.flush()
         await self._end(job, "done", outcome, None)
         log.info("job %d: %s done in %.3f s: %s", job.id, label, time.monotonic() - started, outcome)
+
+    async def _run_verb(self, job: Job, run: JobRun) -> str:
+        """The job's verb, stopped at the job's deadline if it has one (PastDeadline)."""
+        verb = self._verbs[job.command.verb]
+        if job.deadline is None:
+            return await verb.run(run, self._services)
+        loop = asyncio.get_running_loop()
+        timer = asyncio.timeout_at(loop.time() + (job.deadline - time.time()))
+        try:
+            async with timer:
+                return await verb.run(run, self._services)
+        except TimeoutError:
+            if timer.expired():
+                raise PastDeadline from None
+            raise
+
+    async def _fail_past_deadline(self, job: Job, label: str, last_error: str | None) -> None:
+        assert job.deadline is not None
+        error = past_deadline(job.received, job.deadline, last_error)
+        await self._writer.run(queue.fail_past_deadline(job.id, error))
+        self.scheduler.remove(job.id)
+        self.finished += 1
+        log.warning("job %d: %s failed: %s", job.id, label, error)
 
     async def _end(self, job: Job, state: str, outcome: str | None, error: str | None) -> None:
         await self._writer.run(queue.finish(job.id, state, outcome, error))

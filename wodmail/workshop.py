@@ -18,6 +18,7 @@ The pieces, each importing only those before it:
 - wodmail.rendering: the sandboxed, strict Jinja environments, what a notebook's values
   are escaped with, the fast path for text-and-lookups templates, error messages;
 - wodmail.safefs: the file-system layer for folders a student owns (a folder replaced whole);
+- wodmail.copysteps: the original backend's extra files (workspace, checkpoint, PDF script);
 - wodmail.compiled: `CompiledWorkshop`, rendering and deploying one student's copy;
 - wodmail.compiling: scanning and compiling a content folder, Jinja's bytecode cache;
 - this module: the `Renderer`, which keeps compiled workshops, and `content_name`.
@@ -32,10 +33,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from wodmail.compiled import CompiledWorkshop
-from wodmail.compiling import compile_workshop, open_code_cache
+from wodmail.compiling import PRIVATE_TEMPLATED, TEMPLATED, compile_workshop, open_code_cache
+from wodmail.copysteps import NO_COPY_STEPS, CopySteps
 from wodmail.rendering import template_environments
+
+if TYPE_CHECKING:
+    from wodmail.location import Location
 
 __all__ = ["Renderer", "content_name"]
 
@@ -72,13 +80,19 @@ class Renderer:
         code_cache: Path | None = None,
         recheck_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        copy_steps: CopySteps = NO_COPY_STEPS,
+        private_dir: Path | None = None,
     ) -> None:
         """`optional_variables`: names a template may use undefined (they render as "");
         every other undefined name is an error. `code_cache`: a folder of wodmail's own
         where compiled templates are kept across restarts (`open_code_cache`; None: none).
         `recheck_seconds` and `clock` set how often the catalog is checked for changes
-        (tests set them)."""
+        (tests set them). `copy_steps`: what every deployment adds (wodmail.copysteps).
+        `private_dir`: the private catalog (WORKSHOPPRIVDIR), whose content renders
+        `PRIVATE_TEMPLATED` files only."""
         self._text_env, self._notebook_env = template_environments(optional_variables)
+        self._copy_steps = copy_steps
+        self._private_dir = os.path.abspath(private_dir) if private_dir is not None else None
         self._code_cache = open_code_cache(code_cache) if code_cache is not None else None
         self._recheck_seconds = recheck_seconds
         self._clock = clock
@@ -103,7 +117,15 @@ class Renderer:
                     return entry.workshop
                 del self._cache[key]
             started = time.perf_counter()
-            compiled = compile_workshop(Path(key), self._text_env, self._notebook_env, self._code_cache)
+            private = self._private_dir is not None and os.path.dirname(key) == self._private_dir
+            compiled = compile_workshop(
+                Path(key),
+                self._text_env,
+                self._notebook_env,
+                self._code_cache,
+                PRIVATE_TEMPLATED if private else TEMPLATED,
+            )
+            compiled.copy_steps = self._copy_steps
             log.info(
                 "compiled workshop %s: %d templated, %d copied files in %.1f ms",
                 compiled.name,
@@ -111,8 +133,31 @@ class Renderer:
                 len(compiled.copied),
                 (time.perf_counter() - started) * 1000,
             )
+            for warning in compiled.warnings:
+                log.warning("%s", warning)
             self._cache[key] = _CacheEntry(compiled, now)
             return compiled
+
+    @property
+    def text_environment(self) -> ImmutableSandboxedEnvironment:
+        """The sandboxed, strict environment text templates render in (wodmail.rendering)."""
+        return self._text_env
+
+    @classmethod
+    def for_location(cls, location: Location, *, code_cache: Path | None = None) -> Renderer:
+        """The renderer a location asks for: its optional variables, copy steps, private catalog."""
+        deployment = location.deployment
+        steps = CopySteps(
+            workspace="workspace" in deployment.copy_steps,
+            checkpoint="checkpoint" in deployment.copy_steps,
+            pdf_script=deployment.pdf_script if "pdfscript" in deployment.copy_steps else None,
+        )
+        return cls(
+            optional_variables=location.optional_variables,
+            code_cache=code_cache,
+            copy_steps=steps,
+            private_dir=deployment.private_workshop_dir,
+        )
 
     def forget(self, content: Path | None = None) -> None:
         """Drop the cached compilation of `content` (of every workshop when None)."""

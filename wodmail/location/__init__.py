@@ -14,6 +14,8 @@ student range for each workshop and says how it behaves:
       varpass: true           # templates get PASSSTU
       reset: false            # a reset workshop keeps the home at CLEANUP, RESET erases it
       ldap: false             # the password is set in LDAP too (needs LDAPURI)
+      monoappliance: false    # its scripts get WODRTARGET = IP-<name> (multiappliance: + the
+                              # student's place in the range; wodmail.scripts)
       id: 12                  # the registration app's workshop id
       hooks: {reset: ../playbooks/WKSHP-Ansible101/reset.yml}
       variables: {DOCKERHOST: docker.example.com}
@@ -57,6 +59,7 @@ The package, in the order a location is read:
 
     reading      the YAML files: duplicate keys, `!unsafe` literals, variable files with vault
     references   `{{ KEY }}` references and `env:`/`file:` secrets
+    original     the original backend's files (WODCONFIG) and names (WODUSERMAX -> STUDENTMAX, ...)
     checks       one checker per type of key, and the reader that runs them
     keys         every key wodmail reads, declared once: its type, its default, its doc
     accounts     the host accounts' settings (ACCOUNT*, HOMEACL)
@@ -86,6 +89,7 @@ from wodmail.location.keys import (
     login_defs,
 )
 from wodmail.location.ldap import LdapSettings
+from wodmail.location.original import OriginalSettings, explained, include_files, map_original_names
 from wodmail.location.reading import check_value_types, kind, read_variable_file, read_yaml
 from wodmail.location.references import SECRET_KEYS, References, reveal_secrets
 from wodmail.location.settings import (
@@ -136,6 +140,7 @@ __all__ = [
     "LegacySettings",
     "Location",
     "Network",
+    "OriginalSettings",
     "SigningSettings",
     "SmtpSettings",
     "Workshop",
@@ -159,5 +164,11 @@ def load_location(file: Path | str | None = None) -> Location:
     if not isinstance(raw, dict):
         raise ConfigError(path, None, f"expected a mapping of KEY: value, found {kind(raw)}")
     entries = check_value_types(path, raw)
-    resolved = References(path, entries).resolve_all()
-    return build(path, reveal_secrets(path, resolved))
+    included = include_files(path, entries)  # WODCONFIG: the original backend's files
+    original: OriginalSettings | None = None
+    try:
+        resolved = References(path, {**included.entries, **entries}).resolve_all()
+        revealed, original = map_original_names(path, reveal_secrets(path, resolved), included)
+        return build(path, revealed, original)
+    except ConfigError as exc:
+        raise explained(exc, path, included, original) from None

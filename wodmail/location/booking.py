@@ -34,7 +34,7 @@ from wodmail.location.workshops import (
     content_name,
 )
 
-_FLAGS = ("reset", "ldap", "varpass")
+_FLAGS = ("reset", "ldap", "varpass", "monoappliance", "multiappliance")
 _LISTED_ONLY = frozenset({"hooks", "variables"})
 """Keys only the workshops file gives (in a wod.yml they are metadata, never acted on)."""
 _DASHED_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
@@ -108,6 +108,9 @@ class Booking:
     policy: str
     sites: frozenset[str]
     vault_password: str | None = field(default=None, repr=False)
+    private_workshop_dir: Path | None = None
+    """WORKSHOPPRIVDIR: a workshop with no folder in workshop_dir has its content (and its
+    wod.yml) here, as the original backend's private notebooks (WODPRIVNOBO)."""
     warnings: list[str] = field(default_factory=list)
     sources: dict[str, dict[str, _Setting]] = field(default_factory=dict)
     quiet: set[str] = field(default_factory=set)
@@ -166,7 +169,7 @@ class Booking:
                     shown,
                     "not a workshop name: expected WKSHP- or CHLG- followed by letters, digits, '-', '_' or '.'",
                 )
-            if entry is None and not (self.workshop_dir / name / WOD_FILE).is_file():
+            if entry is None and not (self._content_dir(name) / name / WOD_FILE).is_file():
                 raise ConfigError(path, name, "empty entry: a workshop needs at least `range: [first, last]`")
             given = {} if entry is None else entry  # an empty entry: serve it as its wod.yml says
             if not isinstance(given, dict):
@@ -179,18 +182,28 @@ class Booking:
             entries[name] = _Entry(name, settings, True, None, path)
         return entries
 
+    def _content_dir(self, folder: str) -> Path:
+        """The catalog holding `folder`: WORKSHOPDIR, else WORKSHOPPRIVDIR when only it has it."""
+        private = self.private_workshop_dir
+        if private is not None and not (self.workshop_dir / folder).is_dir() and (private / folder).is_dir():
+            return private
+        return self.workshop_dir
+
     def _catalog(self) -> list[tuple[str, Path]]:
-        """(name, wod.yml) of every WKSHP-/CHLG- folder of WORKSHOPDIR that has a wod.yml."""
-        try:
-            with os.scandir(self.workshop_dir) as scan:
-                names = sorted(entry.name for entry in scan if entry.name.startswith(("WKSHP-", "CHLG-")))
-        except OSError as exc:
-            raise ConfigError(
-                self.workshop_dir, None, f"cannot read WORKSHOPDIR: {exc.strerror or type(exc).__name__}"
-            ) from None
+        """(name, wod.yml) of every WKSHP-/CHLG- folder of WORKSHOPDIR (and WORKSHOPPRIVDIR,
+        for the names WORKSHOPDIR lacks) that has a wod.yml."""
+        names: set[str] = set()
+        for folder, key in ((self.workshop_dir, "WORKSHOPDIR"), (self.private_workshop_dir, "WORKSHOPPRIVDIR")):
+            if folder is None:
+                continue
+            try:
+                with os.scandir(folder) as scan:
+                    names.update(entry.name for entry in scan if entry.name.startswith(("WKSHP-", "CHLG-")))
+            except OSError as exc:
+                raise ConfigError(folder, None, f"cannot read {key}: {exc.strerror or type(exc).__name__}") from None
         found: list[tuple[str, Path]] = []
-        for name in names:
-            metadata_file = self.workshop_dir / name / WOD_FILE
+        for name in sorted(names):
+            metadata_file = self._content_dir(name) / name / WOD_FILE
             if not metadata_file.is_file():
                 continue
             if not WORKSHOP_RE.fullmatch(name) or ".." in name:
@@ -254,7 +267,7 @@ class Booking:
         self._check_informational(entry, problems)
 
         content_folder = content_name(name)
-        content = self.workshop_dir / content_folder
+        content = self._content_dir(content_folder) / content_folder
         if not content.is_dir():
             file, key = entry.where()
             problems.report(ConfigError(file, key, f"workshop without content: {content} is not a directory"))
@@ -293,6 +306,8 @@ class Booking:
             reset=flags["reset"],
             ldap=flags["ldap"],
             varpass=flags["varpass"],
+            monoappliance=flags["monoappliance"],
+            multiappliance=flags["multiappliance"],
             app_id=app_id,
             hooks=MappingProxyType(hooks),
             variables=MappingProxyType(variables),
@@ -365,8 +380,6 @@ class Booking:
                 scripts = value if isinstance(value, list) else [value]
                 if not all(item is None or isinstance(item, (bool, str)) for item in scripts):
                     reason = f"expected false or the scripts to compile, found {kind(value)}"
-                elif problems.strict and any(isinstance(item, str) and item.strip() for item in scripts):
-                    reason = "wodmail does not compile scripts when it deploys: compile them in a create hook"
             if reason is not None:
                 warn(setting, reason)
 

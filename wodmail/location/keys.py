@@ -10,6 +10,7 @@ key: it goes to the templates as it is (`Location.values`).
 from __future__ import annotations
 
 import os
+import re
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,29 @@ HUBTHROTTLEWAIT: Key[float] = _key("HUBTHROTTLEWAIT", Seconds(0, inclusive=True)
 JPHOSTEXT: Key[object] = _key("JPHOSTEXT", free, None, "the hub's public name: the app's backend (workshops sync)")
 JPHOST: Key[object] = _key("JPHOST", free, None, "the hub's host name: the app's backend, else")
 
+# --- the app's deadline (wodmail.appdeadline) and relaying its mails (wodmail.relay) ---------
+_RELAY_HOST = re.compile(r"\[([^\]\s]+)\](?::([0-9]{1,5}))?|([^:\[\]\s/]+)(?::([0-9]{1,5}))?")
+
+
+def _relay_host(reader: KeyReader, key: str, value: object) -> tuple[str, int]:
+    """host, host:port, [host]:port or [IPv6]:port (Postfix's relayhost style); port 25 if none."""
+    match = _RELAY_HOST.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        reader.fail(key, f"expected host:port (e.g. 127.0.0.1:25 or [::1]:25), found {reader.shown(key, value)}")
+    port = int(match[2] or match[4] or 25)
+    if not 0 < port < 65536:
+        reader.fail(key, f"port {port} is not a TCP port")
+    return match[1] or match[3], port
+
+
+APPDEADLINE: Key[float] = _key(
+    "APPDEADLINE", _SECONDS, 600.0, "seconds after its arrival a CREATE must be done by (the app then gives up)"
+)
+RELAYHOST: Key[tuple[str, int] | None] = _key(
+    "RELAYHOST", _relay_host, None, "the MTA the app's mails for people go to; absent: not relayed"
+)
+RELAYBACKOFFMAX: Key[float] = _key("RELAYBACKOFFMAX", _SECONDS, 300.0, "longest wait between two tries of a mail")
+
 # --- LDAP (wodmail.location.ldap) -----------------------------------------------------------
 LDAPURI: Key[str | None] = _key(
     "LDAPURI", Url(("ldap://", "ldaps://", "ldapi://")), None, "the LDAP server; absent: no LDAP"
@@ -240,6 +264,61 @@ ACCOUNTSHELL: Key[str] = _key("ACCOUNTSHELL", text, "/bin/bash", "a created acco
 ACCOUNTGROUPS: Key[tuple[str, ...]] = _key("ACCOUNTGROUPS", names, (), "its supplementary groups")
 ACCOUNTSSHKEY: Key[str] = _key("ACCOUNTSSHKEY", Choice(SSH_KEY_TYPES), "none", "a key pair made on every erase")
 HOMEACL: Key[tuple[str, ...]] = _key("HOMEACL", names, (), "ACL entries on every fresh home (u:NAME:rwx)")
+
+# --- workshop scripts (wodmail.scripts) -----------------------------------------------------
+SCRIPTDIR: Key[Path | None] = _key(
+    "SCRIPTDIR", PathValue("dir"), None, "public workshop scripts (create-WKSHP-Name.sh): the original's WODSCRIPTDIR"
+)
+SCRIPTPRIVDIR: Key[Path | None] = _key(
+    "SCRIPTPRIVDIR", PathValue("dir"), None, "private ones, run after the public one: the original's WODSCRIPTPRIVDIR"
+)
+SCRIPTTIMEOUT: Key[float] = _key("SCRIPTTIMEOUT", _SECONDS, 300.0, "seconds a workshop script may run")
+
+
+# --- deploying a workshop as the original backend did (wodmail.copysteps, wodmail.notebooks) ---
+COPY_STEPS = ("workspace", "checkpoint", "pdfscript")
+"""COPYSTEPS: the original backend's extra files a deployment makes (wodmail.copysteps)."""
+COMPLETION_METHODS = ("cells", "original")
+"""COMPLETION: executed code cells of every notebook (wodmail's), or the original's line count."""
+
+
+def _copy_steps(reader: KeyReader, key: str, value: object) -> tuple[str, ...]:
+    chosen = names(reader, key, value)
+    for name in chosen:
+        if name not in COPY_STEPS:
+            reader.fail(key, f"unknown copy step {reader.shown(key, name)} (known: {', '.join(COPY_STEPS)})")
+    return chosen
+
+
+WORKSHOPPRIVDIR: Key[Path | None] = _key(
+    "WORKSHOPPRIVDIR",
+    PathValue("dir"),
+    None,
+    "the private catalog: a workshop WORKSHOPDIR has no folder for is deployed from here (WODPRIVNOBO)",
+)
+COPYSTEPS: Key[tuple[str, ...]] = _key(
+    "COPYSTEPS", _copy_steps, (), "the original's extra files: workspace, checkpoint, pdfscript (default none)"
+)
+PDFSCRIPT: Key[Path] = _key(
+    "PDFSCRIPT",
+    PathValue("file"),
+    doc="what COPYSTEPS' pdfscript copies as wod-generate-pdf.sh (default: the shipped one)",
+    fallback=lambda: resources.product_path("templates") / "wod-generate-pdf.sh",
+)
+PRETEMPLATING: Key[Path | None] = _key(
+    "PRETEMPLATING", PathValue("file"), None, "Ansible tasks run before a workshop is deployed (pre_templating.yml)"
+)
+POSTTEMPLATING: Key[Path | None] = _key(
+    "POSTTEMPLATING", PathValue("file"), None, "Ansible tasks run after it is deployed (post_templating.yml)"
+)
+COMPLETION: Key[str] = _key(
+    "COMPLETION", Choice(COMPLETION_METHODS), "cells", "cells (executed code cells) or original (its line count)"
+)
+
+# --- the original backend's settings files (wodmail.location.original) ----------------------
+WODCONFIG: Key[tuple[str, ...]] = _key(
+    "WODCONFIG", names, (), "the original's settings files (/etc/wod.sh, group variables, ...), read in order"
+)
 
 
 def read_keys(reader: KeyReader) -> Checked:

@@ -20,6 +20,12 @@ from wodmail.location.reading import LiteralText, path_beside
 SECRET_KEYS = frozenset({"APIPWD", "JPHUBTOKEN", "LDAPBINDPW", "SIGNINGKEYS", "VAULTPWD"})
 """Keys whose values are never handed to templates."""
 
+# The original backend's secrets (wodmail.location.original): kept from templates and logs too.
+ORIGINAL_SECRET_KEYS = frozenset(
+    {"WODAPIDBUSERPWD", "WODAPIDBADMINPWD", "WODBETOKEN", "WODLDAPPWD", "LDAPPWD", "WODPGPASSWD", "WODSENDGRIDAPIKEY"}
+)
+SECRET_KEYS = SECRET_KEYS | ORIGINAL_SECRET_KEYS
+
 _REFERENCE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _JINJA = re.compile(r"\{\{|\{%|\{#")
 _ENV_SECRET = re.compile(r"env:(.*)", re.DOTALL)

@@ -21,6 +21,7 @@ from wodmail.location.booking import Booking
 from wodmail.location.checks import Checked, KeyReader, Network, items
 from wodmail.location.keys import read_keys
 from wodmail.location.ldap import LdapSettings, ldap_settings
+from wodmail.location.original import OriginalSettings
 from wodmail.location.references import SECRET_KEYS, Revealed
 from wodmail.location.workshops import VARIABLES_FILE, Workshop
 
@@ -80,6 +81,22 @@ class JobSettings:
     retry_backoff_max: float = key_table.RETRYBACKOFFMAX.standard
     callback_backoff_max: float = key_table.CALLBACKBACKOFFMAX.standard
     nice: int = key_table.JOBSNICE.standard
+    app_deadline: float = key_table.APPDEADLINE.standard
+    """APPDEADLINE: seconds after its arrival a CREATE must be done by (wodmail.appdeadline)."""
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """RELAYHOST: the MTA the app's mails for people are passed to (wodmail.relay); `host`
+    None: such mails are refused as any mail that is not a command."""
+
+    host: str | None = None
+    port: int = 25
+    backoff_max: float = key_table.RELAYBACKOFFMAX.standard
+
+    @property
+    def where(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.host and ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -91,11 +108,39 @@ class HomeSettings:
 
 
 @dataclass(frozen=True)
+class DeploySettings:
+    """How a workshop is deployed beyond its own files, as the original backend did: its
+    extra files (COPYSTEPS, PDFSCRIPT: wodmail.copysteps), its private catalog
+    (WORKSHOPPRIVDIR), its pre- and post-templating tasks (PRETEMPLATING, POSTTEMPLATING),
+    and how CLEANUP counts the completion (COMPLETION: wodmail.notebooks)."""
+
+    copy_steps: tuple[str, ...] = ()
+    pdf_script: Path | None = None
+    private_workshop_dir: Path | None = None
+    pre_templating: Path | None = None
+    post_templating: Path | None = None
+    completion: str = key_table.COMPLETION.standard
+
+
+@dataclass(frozen=True)
 class SigningSettings:
     """SIGNINGKEYS (checked: given as secrets, long enough, distinct) and SIGNATUREWINDOW."""
 
     keys: tuple[str, ...] = field(default=(), repr=False)
     window: int = key_table.SIGNATUREWINDOW.standard
+
+
+@dataclass(frozen=True)
+class ScriptSettings:
+    """The site's workshop scripts (SCRIPTDIR, SCRIPTPRIVDIR, SCRIPTTIMEOUT: wodmail.scripts)
+    and the base addresses of its served appliance workshops (the free keys IP-<workshop>)."""
+
+    public_dir: Path | None = None
+    private_dir: Path | None = None
+    timeout: float = key_table.SCRIPTTIMEOUT.standard
+    appliance_ips: Mapping[str, IPv4Address] = field(default_factory=lambda: MappingProxyType({}))
+    """Per served mono- or multi-appliance workshop, its base address (checked when a script
+    folder is set)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,8 +217,13 @@ class Location:
     """JupyterHub's API (wodmail.hub)."""
     jobs: JobSettings
     """Retries, backoff and the jobs process's priority (wodmail.jobs, wodmail.worker)."""
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    """Where the app's mails for people go, if anywhere (wodmail.relay)."""
     homes: HomeSettings
     """Who owns a home, and its mode (wodmail.homes)."""
+    deployment: DeploySettings = field(default_factory=DeploySettings)
+    """The original backend's copy steps, private catalog, templating tasks and completion
+    count (wodmail.workshop, wodmail.copysteps, wodmail.notebooks)."""
     ldap_uri: str | None
     """LDAPURI; None: no LDAP."""
     checked: Checked = field(repr=False, compare=False)
@@ -185,6 +235,14 @@ class Location:
     """JPHOSTEXT and JPHOST as text ("" when absent): how the registration app names this backend."""
     withheld: tuple[str, ...] = field(repr=False)
     """The values of the secret keys (SECRET_KEYS): never in a hook's output or a log."""
+    in_clear: tuple[str, ...] = ()
+    """The secret keys (SECRET_KEYS) written as they are rather than as env:NAME or
+    file:/path: `wodmail check` warns when the file holding them is readable by others."""
+    scripts: ScriptSettings = field(default_factory=ScriptSettings)
+    """The site's workshop scripts and its appliances (wodmail.scripts)."""
+    original: OriginalSettings | None = field(default=None, compare=False)
+    """What was read from the original backend's files and names (WODCONFIG, WODUSERMAX ->
+    STUDENTMAX, ...: wodmail.location.original), for `wodmail check`; None: nothing."""
 
     @property
     def hub_url(self) -> str | None:
@@ -256,7 +314,7 @@ class Location:
         return self.student_dir / f"student{stdid}"
 
 
-def build(path: Path, revealed: Revealed) -> Location:
+def build(path: Path, revealed: Revealed, original: OriginalSettings | None = None) -> Location:
     """Check every key once, then what involves several, then the workshops: the `Location`."""
     values = revealed.values
     checked = read_keys(KeyReader(path, values, revealed.hidden, revealed.secret_items))
@@ -297,6 +355,7 @@ def build(path: Path, revealed: Revealed) -> Location:
         ldap_uri=ldap_uri,
         var_dirs=tuple(folder for folder in (var_dir, var_priv_dir) if folder is not None),
         vault_password=checked[key_table.VAULTPWD],
+        private_workshop_dir=checked[key_table.WORKSHOPPRIVDIR],
         policy=checked[key_table.CATALOGWORKSHOPS],
         sites=frozenset(sites),
     ).load()
@@ -359,13 +418,33 @@ def build(path: Path, revealed: Revealed) -> Location:
             retry_backoff_max=checked[key_table.RETRYBACKOFFMAX],
             callback_backoff_max=checked[key_table.CALLBACKBACKOFFMAX],
             nice=checked[key_table.JOBSNICE],
+            app_deadline=checked[key_table.APPDEADLINE],
         ),
+        relay=_relay_settings(checked),
         homes=homes,
+        deployment=DeploySettings(
+            copy_steps=checked[key_table.COPYSTEPS],
+            pdf_script=checked[key_table.PDFSCRIPT],
+            private_workshop_dir=checked[key_table.WORKSHOPPRIVDIR],
+            pre_templating=checked[key_table.PRETEMPLATING],
+            post_templating=checked[key_table.POSTTEMPLATING],
+            completion=checked[key_table.COMPLETION],
+        ),
         ldap_uri=ldap_uri,
         checked=checked,
         workshops_file=workshops_file,
         backend_names=tuple(str(checked[key] or "") for key in (key_table.JPHOSTEXT, key_table.JPHOST)),
         withheld=tuple(str(item) for name in sorted(SECRET_KEYS) for item in items(values.get(name)) if item),
+        in_clear=tuple(
+            name
+            for name in sorted(SECRET_KEYS)
+            if any(
+                item and not from_secret
+                for item, from_secret in zip(items(values.get(name)), revealed.secret_items.get(name, ()), strict=False)
+            )
+        ),
+        scripts=_script_settings(checked, booked.served),
+        original=original,
     )
 
 
@@ -386,6 +465,47 @@ def _smtp_settings(checked: Checked) -> SmtpSettings:
         tls_key=key,
         auth_file=auth_file,
     )
+
+
+def _script_settings(checked: Checked, served: Mapping[str, Workshop]) -> ScriptSettings:
+    """The script folders, and with one of them set, every served appliance workshop's base
+    address: the free key IP-<workshop>, as the original's group variables named it."""
+    public, private = checked[key_table.SCRIPTDIR], checked[key_table.SCRIPTPRIVDIR]
+    addresses: dict[str, IPv4Address] = {}
+    if public is not None or private is not None:
+        for workshop in served.values():
+            if workshop.monoappliance or workshop.multiappliance:
+                addresses[workshop.name] = _appliance_ip(checked.reader, workshop)
+    return ScriptSettings(public, private, checked[key_table.SCRIPTTIMEOUT], MappingProxyType(addresses))
+
+
+def _appliance_ip(reader: KeyReader, workshop: Workshop) -> IPv4Address:
+    key = f"IP-{workshop.name}"
+    kind = "multiappliance" if workshop.multiappliance else "monoappliance"
+    value = reader.values.get(key)
+    if value is None or str(value).strip() in ("", "x.y.z.t"):
+        reader.fail(key, f"missing: {workshop.name} is a {kind} workshop, its scripts get WODRTARGET from this key")
+    try:
+        base = IPv4Address(str(value).strip())
+    except ValueError:
+        reader.fail(key, f"expected the appliance's IPv4 address, found {reader.shown(key, value)}")
+    if workshop.multiappliance:
+        last_octet = int(base) % 256 + workshop.last - workshop.first
+        if last_octet > 255:
+            reader.fail(
+                key,
+                f"{workshop.name}'s students {workshop.first}..{workshop.last} would need appliances up to"
+                f" .{last_octet}, past .255 (one address per student from {base})",
+            )
+    return base
+
+
+def _relay_settings(checked: Checked) -> RelaySettings:
+    relay_host = checked[key_table.RELAYHOST]
+    backoff_max = checked[key_table.RELAYBACKOFFMAX]
+    if relay_host is None:
+        return RelaySettings(backoff_max=backoff_max)
+    return RelaySettings(relay_host[0], relay_host[1], backoff_max)
 
 
 def _signing_keys(checked: Checked) -> tuple[str, ...]:

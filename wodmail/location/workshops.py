@@ -12,7 +12,10 @@ from wodmail.verbspec import shipped_verbs
 HOOK_VERBS = shipped_verbs().hook_names
 """The verbs a workshop may hook a playbook to (each verb module declares its hook)."""
 
-WORKSHOP_KEYS = frozenset({"range", "reset", "ldap", "varpass", "id", "hooks", "variables", "active", "capacity"})
+WORKSHOP_KEYS = frozenset(
+    {"range", "reset", "ldap", "varpass", "id", "hooks", "variables", "active", "capacity"}
+    | {"monoappliance", "multiappliance"}
+)
 """Entry keys wodmail acts on: a malformed value of a served workshop is a ConfigError."""
 INFORMATIONAL_KEYS = frozenset(
     {"name", "description", "duration", "priority", "category", "compile", "location", "beta"}
@@ -44,6 +47,10 @@ class Workshop:
     """The student's password is also set in LDAP."""
     varpass: bool = False
     """Templates get the student's password as PASSSTU."""
+    monoappliance: bool = False
+    """Its scripts get WODRTARGET: the appliance's base address (IP-<name>, wodmail.scripts)."""
+    multiappliance: bool = False
+    """Its scripts get WODRTARGET: the base address plus the student's place in the range."""
     app_id: int | None = None
     """The registration app's workshop id (entry key `id`)."""
     hooks: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}), hash=False)

@@ -1,4 +1,4 @@
-"""The durable queue: jobs, their steps, the callback outbox and refused mails, in SQLite.
+"""The durable queue: jobs, their steps, the callback outbox, refused and relayed mails, in SQLite.
 
 One database file under STATEDIR, in WAL mode with `synchronous=FULL`: a transaction is
 on disk (fsync'd) when COMMIT returns. Every write goes through one `Writer` thread that
@@ -9,8 +9,10 @@ commit returned.
 Job states:
 
     queued ──claim──▶ running ──▶ done
-       ▲                 │  └───▶ failed   (a step failed for good, or retries ran out)
-       └─── backoff ─────┘  └───▶ held     (interrupted MAX_CRASHES times: set aside)
+       ▲  │              │  └───▶ failed   (a step failed for good, retries ran out, or the
+       │  │              │                  app's deadline passed: wodmail.appdeadline)
+       └──┼─ backoff ────┘  └───▶ held     (interrupted MAX_CRASHES times: set aside)
+          └──▶ cancelled   (a CREATE superseded by the student's CLEANUP or PURGE)
 
 `wodmail retry ID` puts a failed or held job back to queued; it resumes after its last
 finished step.
@@ -23,7 +25,7 @@ The package, one concern a module (the rest of wodmail uses the names below as
 - `writes`: every change, as a function of a connection run inside a transaction;
 - `queries`: every read;
 - `retention`: forgetting what is old;
-- `records`: the rows as objects (Job, Step, OutboxEntry, Callback).
+- `records`: the rows as objects (Job, Step, OutboxEntry, Callback, RelayEntry).
 
 No SQL lives outside this package.
 """
@@ -31,30 +33,41 @@ No SQL lives outside this package.
 from __future__ import annotations
 
 from wodmail.queue.queries import (
+    callback_state,
     callbacks_of,
+    due_relay_mails,
     get_job,
     get_refused,
     job_counts,
+    job_states,
     list_jobs,
     list_refused,
+    list_relay,
+    next_relay_attempt,
     oldest_waiting,
     open_jobs,
     outbox_counts,
     pending_callback_ids,
     pending_callbacks,
+    refused_counts,
+    relay_counts,
     steps_of,
     undelivered_callbacks,
 )
 from wodmail.queue.records import (
     JOB_COLUMNS,
+    JOB_STATES,
     OUTBOX_COLUMNS,
+    RELAY_COLUMNS,
     Callback,
     Enqueued,
     Job,
     OutboxEntry,
+    RelayEntry,
     Step,
     job_from_row,
     outbox_from_row,
+    relay_from_row,
 )
 from wodmail.queue.retention import prune_old
 from wodmail.queue.schema import (
@@ -76,16 +89,22 @@ from wodmail.queue.writes import (
     REFUSED_TOTAL,
     claim,
     enqueue,
+    fail_past_deadline,
     find_duplicate,
     find_nonce,
     finish,
     forget_nonces_before,
     outbox_delivered,
+    outbox_expired,
     outbox_failed,
     postpone,
     prune,
     record_refusal,
     recover,
+    relay_failed,
+    relay_mail,
+    relay_retry,
+    relay_sent,
     requeue_stopped,
     retry,
     step_done,
@@ -95,6 +114,7 @@ from wodmail.queue.writes import (
 
 __all__ = [
     "JOB_COLUMNS",
+    "JOB_STATES",
     "LOCK_WAIT",
     "MAX_CRASHES",
     "MIGRATIONS",
@@ -103,17 +123,22 @@ __all__ = [
     "REFUSED_MAIL_LIMIT",
     "REFUSED_PER_PEER",
     "REFUSED_TOTAL",
+    "RELAY_COLUMNS",
     "Callback",
     "Enqueued",
     "Job",
     "OutboxEntry",
+    "RelayEntry",
     "Step",
     "Writer",
+    "callback_state",
     "callbacks_of",
     "checkpoint",
     "claim",
     "connect",
+    "due_relay_mails",
     "enqueue",
+    "fail_past_deadline",
     "find_duplicate",
     "find_nonce",
     "finish",
@@ -122,14 +147,18 @@ __all__ = [
     "get_refused",
     "job_counts",
     "job_from_row",
+    "job_states",
     "list_jobs",
     "list_refused",
+    "list_relay",
     "migrate",
+    "next_relay_attempt",
     "oldest_waiting",
     "open_database",
     "open_jobs",
     "outbox_counts",
     "outbox_delivered",
+    "outbox_expired",
     "outbox_failed",
     "outbox_from_row",
     "pending_callback_ids",
@@ -139,6 +168,13 @@ __all__ = [
     "prune_old",
     "record_refusal",
     "recover",
+    "refused_counts",
+    "relay_counts",
+    "relay_failed",
+    "relay_from_row",
+    "relay_mail",
+    "relay_retry",
+    "relay_sent",
     "requeue_stopped",
     "retry",
     "step_done",

@@ -7,7 +7,18 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from wodmail.queue.records import JOB_COLUMNS, OUTBOX_COLUMNS, Job, OutboxEntry, Step, job_from_row, outbox_from_row
+from wodmail.queue.records import (
+    JOB_COLUMNS,
+    OUTBOX_COLUMNS,
+    RELAY_COLUMNS,
+    Job,
+    OutboxEntry,
+    RelayEntry,
+    Step,
+    job_from_row,
+    outbox_from_row,
+    relay_from_row,
+)
 
 
 def open_jobs(conn: sqlite3.Connection, after: int = 0) -> list[Job]:
@@ -87,6 +98,11 @@ def outbox_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return {state: count for state, count in conn.execute("SELECT state, count(*) FROM outbox GROUP BY state")}
 
 
+def refused_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many refused mails are kept, by door."""
+    return {door: count for door, count in conn.execute("SELECT door, count(*) FROM refused GROUP BY door")}
+
+
 def list_refused(conn: sqlite3.Connection, limit: int = 50) -> list[tuple[Any, ...]]:
     return conn.execute(
         "SELECT id, received, door, peer, sender, code, reason, size FROM refused ORDER BY id DESC LIMIT ?",
@@ -100,3 +116,50 @@ def get_refused(conn: sqlite3.Connection, refused_id: int) -> tuple[Any, ...] | 
         (refused_id,),
     ).fetchone()
     return row
+
+
+def job_states(conn: sqlite3.Connection, job_ids: Sequence[int]) -> dict[int, str]:
+    """The state of each job of `job_ids` that exists."""
+    marks = ",".join("?" for _ in job_ids)
+    return dict(conn.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", tuple(job_ids)).fetchall())
+
+
+def callback_state(conn: sqlite3.Connection, entry_id: int) -> tuple[str, float | None] | None:
+    """(state, expires) of outbox entry `entry_id`, or None if it is gone."""
+    row = conn.execute("SELECT state, expires FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def due_relay_mails(conn: sqlite3.Connection, now: float, exclude: Sequence[int], limit: int) -> list[RelayEntry]:
+    """Pending relayed mails due by `now`, not in `exclude` (being sent), oldest due first."""
+    marks = ",".join("?" for _ in exclude)
+    rows = conn.execute(
+        f"SELECT {RELAY_COLUMNS}, mail FROM relay WHERE state = 'pending' AND next_attempt <= ?"
+        f" AND id NOT IN ({marks}) ORDER BY next_attempt, id LIMIT ?",
+        (now, *exclude, limit),
+    ).fetchall()
+    return [relay_from_row(row) for row in rows]
+
+
+def next_relay_attempt(conn: sqlite3.Connection, exclude: Sequence[int]) -> float | None:
+    """When the next pending relayed mail not in `exclude` is due, or None if none waits."""
+    marks = ",".join("?" for _ in exclude)
+    row = conn.execute(
+        f"SELECT min(next_attempt) FROM relay WHERE state = 'pending' AND id NOT IN ({marks})", tuple(exclude)
+    ).fetchone()
+    return float(row[0]) if row and row[0] is not None else None
+
+
+def list_relay(conn: sqlite3.Connection, limit: int = 50) -> list[RelayEntry]:
+    """The relayed mails not yet passed on (oldest first), then the last ones passed on; no content."""
+    waiting = conn.execute(
+        f"SELECT {RELAY_COLUMNS} FROM relay WHERE state != 'sent' ORDER BY id LIMIT ?", (limit,)
+    ).fetchall()
+    sent = conn.execute(
+        f"SELECT {RELAY_COLUMNS} FROM relay WHERE state = 'sent' ORDER BY id DESC LIMIT ?", (limit,)
+    ).fetchall()
+    return [relay_from_row(row) for row in [*waiting, *reversed(sent)]]
+
+
+def relay_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return {state: count for state, count in conn.execute("SELECT state, count(*) FROM relay GROUP BY state")}

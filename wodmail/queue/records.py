@@ -1,4 +1,5 @@
-"""What the queue holds, as the rest of wodmail sees it: jobs, their steps, callbacks."""
+"""What the queue holds, as the rest of wodmail sees it: jobs, their steps, callbacks, and
+the mails relayed to the site's MTA."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from wodmail.command import Command
+
+JOB_STATES = ("queued", "running", "done", "failed", "held", "cancelled")
+"""Every state a job can be in (the package's docstring draws how one leads to another)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,8 @@ class Callback:
 class Enqueued:
     job_id: int
     duplicate: bool
+    cancelled: tuple[int, ...] = ()
+    """The queued jobs this one superseded (wodmail.appdeadline), cancelled in its transaction."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class Job:
     sender: str | None = None
     started: float | None = None
     finished: float | None = None
+    deadline: float | None = None
+    """When the registration app gives up on it (APPDEADLINE after its arrival; CREATE only)."""
 
 
 @dataclass(frozen=True)
@@ -77,11 +85,13 @@ class OutboxEntry:
     last_error: str | None
     created: float
     delivered: float | None
+    expires: float | None = None
+    """An activating callback is never sent after this (its job's deadline); None: no limit."""
 
 
 JOB_COLUMNS = (
     "id, command, state, received, attempts, crashes, retries, not_before, error, outcome, door, peer,"
-    " sender, started, finished"
+    " sender, started, finished, deadline"
 )
 
 
@@ -102,12 +112,13 @@ def job_from_row(row: Sequence[Any]) -> Job:
         sender=row[12],
         started=row[13],
         finished=row[14],
+        deadline=row[15],
     )
 
 
 OUTBOX_COLUMNS = (
     "id, job_id, student, method, path, body, secret_field, secret_name, state, attempts, next_attempt,"
-    " last_error, created, delivered"
+    " last_error, created, delivered, expires"
 )
 
 
@@ -127,4 +138,56 @@ def outbox_from_row(row: Sequence[Any]) -> OutboxEntry:
         last_error=row[11],
         created=row[12],
         delivered=row[13],
+        expires=row[14],
+    )
+
+
+@dataclass(frozen=True)
+class RelayEntry:
+    """A mail for a person, kept until the site's MTA (RELAYHOST) takes it (wodmail.relay)."""
+
+    id: int
+    received: float
+    door: str
+    peer: str | None
+    auth: str
+    """How the sender was allowed, as for a command ('legacy peer 10.0.0.5', ...)."""
+    sender: str
+    recipients: tuple[str, ...]
+    size: int
+    state: str
+    """pending, sent (the MTA took it) or failed (refused MAX_REJECTIONS times: set aside)."""
+    attempts: int
+    rejections: int
+    next_attempt: float
+    last_error: str | None
+    sent: float | None
+    mail: bytes = b""
+    """The content as received (read only to send it; erased once sent)."""
+
+
+RELAY_COLUMNS = (
+    "id, received, door, peer, auth, sender, recipients, size, state, attempts, rejections, next_attempt,"
+    " last_error, sent"
+)
+
+
+def relay_from_row(row: Sequence[Any]) -> RelayEntry:
+    """A row of RELAY_COLUMNS, maybe followed by the mail."""
+    return RelayEntry(
+        id=row[0],
+        received=row[1],
+        door=row[2],
+        peer=row[3],
+        auth=row[4],
+        sender=row[5],
+        recipients=tuple(json.loads(row[6])),
+        size=row[7],
+        state=row[8],
+        attempts=row[9],
+        rejections=row[10],
+        next_attempt=row[11],
+        last_error=row[12],
+        sent=row[13],
+        mail=bytes(row[14]) if len(row) > 14 and row[14] is not None else b"",
     )

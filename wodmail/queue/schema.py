@@ -4,6 +4,7 @@ Each entry of MIGRATIONS takes the schema one version up; `open_database` applie
 file has not had yet, in one transaction. Version 1 is the schema every database made
 before versions existed already has (each statement `IF NOT EXISTS`), the signature
 nonces' table included (it used to be made inside every signed command's transaction).
+Version 3 adds the deadlines (jobs.deadline, outbox.expires) and the relay table.
 """
 
 from __future__ import annotations
@@ -103,6 +104,32 @@ CREATE INDEX IF NOT EXISTS refused_received ON refused (received);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished) WHERE state = 'done';
 CREATE INDEX IF NOT EXISTS outbox_job ON outbox (job_id);
 CREATE INDEX IF NOT EXISTS signature_nonces_job ON signature_nonces (job_id);
+    """,
+    # 3: the registration app's deadline on a job and on its activating callbacks
+    # (wodmail.appdeadline); the mails for people relayed to RELAYHOST (wodmail.relay)
+    """
+ALTER TABLE jobs ADD COLUMN deadline REAL;
+ALTER TABLE outbox ADD COLUMN expires REAL;
+
+CREATE TABLE IF NOT EXISTS relay (
+    id            INTEGER PRIMARY KEY,
+    received      REAL    NOT NULL,
+    door          TEXT    NOT NULL,
+    peer          TEXT,
+    auth          TEXT    NOT NULL,
+    sender        TEXT    NOT NULL,
+    recipients    TEXT    NOT NULL,
+    size          INTEGER NOT NULL,
+    mail          BLOB    NOT NULL,
+    state         TEXT    NOT NULL DEFAULT 'pending',
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    rejections    INTEGER NOT NULL DEFAULT 0,
+    next_attempt  REAL    NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    sent          REAL
+);
+CREATE INDEX IF NOT EXISTS relay_pending ON relay (next_attempt, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS relay_sent ON relay (sent) WHERE state = 'sent';
     """,
 )
 

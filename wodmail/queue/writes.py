@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from wodmail.appdeadline import activates, expired_callback, superseded
 from wodmail.command import Command
 from wodmail.inbound import InboundMail
 from wodmail.queue.records import Callback, Enqueued
@@ -26,18 +27,29 @@ REFUSED_TOTAL = 5000
 PRUNE_BATCH = 500
 
 
-def enqueue(command: Command, mail: InboundMail) -> Callable[[sqlite3.Connection], Enqueued]:
-    """Add `command`, unless it is a copy of one already taken (see `find_duplicate`)."""
+def enqueue(
+    command: Command,
+    mail: InboundMail,
+    *,
+    deadline_after: float | None = None,
+    supersedes: frozenset[str] = frozenset(),
+) -> Callable[[sqlite3.Connection], Enqueued]:
+    """Add `command`, unless it is a copy of one already taken (see `find_duplicate`).
+
+    `deadline_after`: seconds after its arrival the job must be finished by (the app's
+    deadline, wodmail.appdeadline). `supersedes`: the verbs whose queued jobs for the same
+    students this one cancels, in the same transaction."""
 
     def run(conn: sqlite3.Connection) -> Enqueued:
         duplicate = find_duplicate(conn, command)
         if duplicate is not None:
             return Enqueued(duplicate, duplicate=True)
+        now = time.time()
         cursor = conn.execute(
             "INSERT INTO jobs (received, door, peer, sender, message_id, verb, stdid, last_stdid,"
-            " canonical, command) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " canonical, command, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                time.time(),
+                now,
                 mail.door,
                 mail.peer,
                 mail.mail_from[:320],
@@ -47,10 +59,12 @@ def enqueue(command: Command, mail: InboundMail) -> Callable[[sqlite3.Connection
                 command.last_stdid,
                 command.canonical(),
                 command.to_json(),
+                now + deadline_after if deadline_after is not None else None,
             ),
         )
         assert cursor.lastrowid is not None
-        return Enqueued(cursor.lastrowid, duplicate=False)
+        cancelled = _supersede(conn, cursor.lastrowid, command, supersedes, now) if supersedes else ()
+        return Enqueued(cursor.lastrowid, duplicate=False, cancelled=cancelled)
 
     return run
 
@@ -120,7 +134,7 @@ def prune(jobs_before: float, refused_before: float) -> Callable[[sqlite3.Connec
             (row[0],)
             for row in conn.execute(
                 "SELECT id FROM jobs WHERE state = 'done' AND finished < ? AND NOT EXISTS"
-                " (SELECT 1 FROM outbox WHERE outbox.job_id = jobs.id AND outbox.state != 'delivered')"
+                " (SELECT 1 FROM outbox WHERE outbox.job_id = jobs.id AND outbox.state NOT IN ('delivered', 'expired'))"
                 " ORDER BY finished LIMIT ?",
                 (jobs_before, PRUNE_BATCH),
             )
@@ -129,6 +143,7 @@ def prune(jobs_before: float, refused_before: float) -> Callable[[sqlite3.Connec
         conn.executemany("DELETE FROM outbox WHERE job_id = ?", ids)
         conn.executemany("UPDATE signature_nonces SET job_id = NULL WHERE job_id = ?", ids)
         conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
+        conn.execute("DELETE FROM relay WHERE state = 'sent' AND sent < ?", (jobs_before,))
         refused = conn.execute("DELETE FROM refused WHERE received < ?", (refused_before,)).rowcount
         return len(ids), refused
 
@@ -166,14 +181,18 @@ def requeue_stopped(job_ids: Sequence[int]) -> Callable[[sqlite3.Connection], No
     return run
 
 
-def claim(job_id: int) -> Callable[[sqlite3.Connection], dict[str, Any]]:
-    """Mark a job running; return the results of the steps it already finished."""
+def claim(job_id: int) -> Callable[[sqlite3.Connection], dict[str, Any] | None]:
+    """Mark a job running; return the results of the steps it already finished, or None when
+    it is no longer queued (a later CLEANUP cancelled it since the worker read it)."""
 
-    def run(conn: sqlite3.Connection) -> dict[str, Any]:
-        conn.execute(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started = ? WHERE id = ?",
+    def run(conn: sqlite3.Connection) -> dict[str, Any] | None:
+        cursor = conn.execute(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started = ?"
+            " WHERE id = ? AND state IN ('queued', 'running')",
             (time.time(), job_id),
         )
+        if cursor.rowcount == 0:
+            return None
         rows = conn.execute("SELECT name, result FROM steps WHERE job_id = ? AND state = 'done'", (job_id,)).fetchall()
         return {name: json.loads(result) if result is not None else None for name, result in rows}
 
@@ -188,10 +207,16 @@ def step_done(
     result: Any = None,
     callbacks: Iterable[Callback] = (),
 ) -> Callable[[sqlite3.Connection], None]:
-    """Record a finished step and, in the same transaction, the callbacks it produced."""
+    """Record a finished step and, in the same transaction, the callbacks it produced (an
+    activating one expires at the job's deadline, if it has one)."""
+    made = tuple(callbacks)
 
     def run(conn: sqlite3.Connection) -> None:
         now = time.time()
+        deadline = None
+        if any(activates(cb) for cb in made):
+            row = conn.execute("SELECT deadline FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            deadline = row[0] if row else None
         conn.execute(
             "INSERT INTO steps (job_id, name, state, started, finished, result) VALUES (?, ?, 'done', ?, ?, ?)"
             " ON CONFLICT (job_id, name) DO UPDATE SET state = 'done', finished = excluded.finished,"
@@ -199,11 +224,21 @@ def step_done(
             (job_id, name, started, now, json.dumps(result) if result is not None else None),
         )
         conn.executemany(
-            "INSERT INTO outbox (job_id, student, method, path, body, secret_field, secret_name, created)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outbox (job_id, student, method, path, body, secret_field, secret_name, created, expires)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (job_id, student, cb.method, cb.path, json.dumps(cb.body), cb.secret_field, cb.secret_name, now)
-                for cb in callbacks
+                (
+                    job_id,
+                    student,
+                    cb.method,
+                    cb.path,
+                    json.dumps(cb.body),
+                    cb.secret_field,
+                    cb.secret_name,
+                    now,
+                    deadline if activates(cb) else None,
+                )
+                for cb in made
             ],
         )
 
@@ -264,9 +299,12 @@ def retry(job_id: int) -> Callable[[sqlite3.Connection], str]:
             raise ValueError(
                 f"job {job_id} is {row[0]} with no set-aside callback: only failed or held jobs can be retried"
             )
+        now = time.time()
+        # Its deadline, if it has one, moves with its arrival (SET reads the old `received`).
         conn.execute(
-            "UPDATE jobs SET state = 'queued', not_before = 0, retries = 0, crashes = 0, received = ? WHERE id = ?",
-            (time.time(), job_id),
+            "UPDATE jobs SET state = 'queued', not_before = 0, retries = 0, crashes = 0,"
+            " deadline = deadline - received + ?, received = ? WHERE id = ?",
+            (now, now, job_id),
         )
         conn.execute(
             "UPDATE outbox SET state = 'pending', next_attempt = 0, attempts = 0 WHERE job_id = ? AND state = 'failed'",
@@ -322,3 +360,143 @@ def use_nonce(conn: sqlite3.Connection, nonce: str, key_id: str, signed: float, 
         "INSERT INTO signature_nonces (nonce, key_id, signed, job_id) VALUES (?, ?, ?, ?)",
         (nonce, key_id, signed, job_id),
     )
+
+
+# --- the registration app's deadline (wodmail.appdeadline) ---------------------------------------
+
+
+def _supersede(
+    conn: sqlite3.Connection, job_id: int, command: Command, verbs: frozenset[str], now: float
+) -> tuple[int, ...]:
+    """Cancel the queued jobs of `verbs` for `command`'s students that came before `job_id`,
+    and expire the activating callbacks of those students' earlier jobs still pending."""
+    marks = ",".join("?" for _ in verbs)
+    ids = tuple(
+        row[0]
+        for row in conn.execute(
+            f"SELECT id FROM jobs WHERE stdid <= ? AND last_stdid >= ? AND state = 'queued' AND id < ?"
+            f" AND verb IN ({marks}) ORDER BY id",
+            (command.last_stdid, command.stdid, job_id, *sorted(verbs)),
+        )
+    )
+    reason = superseded(job_id, command.verb)
+    conn.executemany(
+        "UPDATE jobs SET state = 'cancelled', finished = ?, error = ? WHERE id = ? AND state = 'queued'",
+        [(now, reason, cancelled) for cancelled in ids],
+    )
+    why = expired_callback(f"job {job_id} ({command.verb}) arrived before it was delivered")
+    conn.execute(
+        "UPDATE outbox SET state = 'expired', last_error = ? WHERE state = 'pending' AND expires IS NOT NULL"
+        " AND job_id < ? AND student BETWEEN ? AND ?",
+        (why, job_id, command.stdid, command.last_stdid),
+    )
+    return ids
+
+
+def fail_past_deadline(job_id: int, error: str) -> Callable[[sqlite3.Connection], None]:
+    """A job stopped at its deadline: failed, and its activating callbacks still pending expired."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE jobs SET state = 'failed', finished = ?, outcome = NULL, error = ? WHERE id = ?",
+            (time.time(), error, job_id),
+        )
+        conn.execute(
+            "UPDATE outbox SET state = 'expired', last_error = ? WHERE job_id = ? AND state = 'pending'"
+            " AND expires IS NOT NULL",
+            (expired_callback("the job did not finish within APPDEADLINE"), job_id),
+        )
+
+    return run
+
+
+def outbox_expired(entry_id: int, error: str) -> Callable[[sqlite3.Connection], None]:
+    """An activating callback past its deadline: never sent, kept as expired for the operator."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE outbox SET state = 'expired', last_error = ? WHERE id = ? AND state = 'pending'", (error, entry_id)
+        )
+
+    return run
+
+
+# --- mails relayed to RELAYHOST (wodmail.relay) ------------------------------------------------
+
+
+def relay_mail(mail: InboundMail, auth: str) -> Callable[[sqlite3.Connection], int]:
+    """Keep a mail to pass on to the site's MTA, its envelope as given; its id."""
+
+    def run(conn: sqlite3.Connection) -> int:
+        cursor = conn.execute(
+            "INSERT INTO relay (received, door, peer, auth, sender, recipients, size, mail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                time.time(),
+                mail.door,
+                mail.peer,
+                auth,
+                mail.mail_from,
+                json.dumps(list(mail.rcpt_tos)),
+                len(mail.data),
+                mail.data,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    return run
+
+
+def relay_sent(relay_id: int, note: str | None) -> Callable[[sqlite3.Connection], None]:
+    """The MTA took the mail: its content is erased (secure_delete overwrites it), its record stays."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE relay SET state = 'sent', sent = ?, attempts = attempts + 1, last_error = ?, mail = x''"
+            " WHERE id = ?",
+            (time.time(), note, relay_id),
+        )
+
+    return run
+
+
+def relay_failed(
+    relay_id: int, next_attempt: float | None, error: str, *, rejected: bool
+) -> Callable[[sqlite3.Connection], None]:
+    """A try that failed: again at `next_attempt`, or (None) set aside as failed."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE relay SET state = ?, attempts = attempts + 1, rejections = rejections + ?,"
+            " next_attempt = ?, last_error = ? WHERE id = ?",
+            (
+                "pending" if next_attempt is not None else "failed",
+                1 if rejected else 0,
+                next_attempt if next_attempt is not None else 0,
+                error,
+                relay_id,
+            ),
+        )
+
+    return run
+
+
+def relay_retry(relay_id: int | None) -> Callable[[sqlite3.Connection], int]:
+    """An operator's retry of a set-aside mail (None: of every one); how many go out again."""
+
+    def run(conn: sqlite3.Connection) -> int:
+        if relay_id is not None:
+            row = conn.execute("SELECT state FROM relay WHERE id = ?", (relay_id,)).fetchone()
+            if row is None:
+                raise LookupError(f"no relayed mail {relay_id}")
+            if row[0] != "failed":
+                raise ValueError(f"relayed mail {relay_id} is {row[0]}: only a failed one can be retried")
+        cursor = conn.execute(
+            "UPDATE relay SET state = 'pending', next_attempt = 0, rejections = 0 WHERE state = 'failed'"
+            + (" AND id = ?" if relay_id is not None else ""),
+            (relay_id,) if relay_id is not None else (),
+        )
+        return cursor.rowcount
+
+    return run
