@@ -492,6 +492,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["create_step"] = args.create_step
         if args.create_step == "script":
             site.values["SCRIPTDIR"] = str(write_create_script(root / "scripts"))
+            (root / "private-vars").mkdir()
+            site.values["VARPRIVDIR"] = str(root / "private-vars")  # where WODVARFILE goes
         elif args.create_step == "playbook":
             site.values["PLAYBOOKDIR"] = str(write_create_playbook(root / "playbooks"))
         if "ACCOUNTS: unix" in accounts:  # the accounts are the run's own: their passwords are set too
