@@ -1,7 +1,7 @@
 # Sourced by scripts/serve and scripts/test: make sure .venv exists, installing Debian's
 # python3-venv first when Python cannot make one (a fresh Debian lacks it).
 debian_packages=(${test_packages[@]+"${test_packages[@]}"})
-python3 -c 'import ensurepip, venv' 2>/dev/null || debian_packages+=(python3-venv)
+[ -x .venv/bin/python ] || python3 -c 'import ensurepip, venv' 2>/dev/null || debian_packages+=(python3-venv)
 if [ ${#debian_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "wodmail: please install ${debian_packages[*]} (apt-get install ${debian_packages[*]}), or run as root" >&2

@@ -157,6 +157,40 @@ def test_pruning_forgets_old_done_jobs_and_refusals_but_not_what_an_operator_nee
     conn.close()
 
 
+def test_copies_are_kept_with_their_job_capped_and_forgotten_with_it(tmp_path: Path) -> None:
+    """A command dropped as a copy is recorded with the job it repeats (not run, not a job);
+    the newest COPIES_PER_JOB of a job are kept; a resend after a failure is no copy; pruning
+    the job forgets its copies."""
+    from wodmail.queue.copies import COPIES_PER_JOB, SAME_COMMAND
+
+    path = queue.open_database(tmp_path)
+    writer = queue.Writer(path)
+    purge = command_from_fields(read_fields(b"Subject: PURGE 1 c1\r\n\r\nWKSHP-Sample\r\n"))
+    failing = command_from_fields(read_fields(b"Subject: PURGE 2 c2\r\n\r\nWKSHP-Sample\r\n"))
+    try:
+        job = writer.run_sync(queue.enqueue(purge, refusal("192.0.2.1"))).job_id
+        for _ in range(COPIES_PER_JOB + 5):
+            assert writer.run_sync(queue.enqueue(purge, refusal("192.0.2.1"))) == queue.Enqueued(job, duplicate=True)
+        failed = writer.run_sync(queue.enqueue(failing, refusal("192.0.2.1"))).job_id
+        writer.run_sync(queue.finish(failed, "failed", error="the hub said no"))
+        resent = writer.run_sync(queue.enqueue(failing, refusal("192.0.2.1")))
+        assert not resent.duplicate and resent.job_id > failed
+        conn = queue.connect(path)
+        kept = queue.copies_of(conn, job)
+        assert [copy.id for copy in kept] == list(range(6, COPIES_PER_JOB + 6))  # the 5 oldest dropped
+        assert {(copy.job_id, copy.reason, copy.peer) for copy in kept} == {
+            (job, f"{SAME_COMMAND} (queued)", "192.0.2.1")
+        }
+        assert queue.copy_count(conn) == COPIES_PER_JOB and queue.copies_of(conn, failed) == []
+        assert [row[0] for row in conn.execute("SELECT id FROM jobs ORDER BY id")] == [job, failed, resent.job_id]
+        writer.run_sync(queue.finish(job, "done", "ok"))
+        assert writer.run_sync(queue.prune(time.time() + 1, 0)) == (1, 0)  # the failed job stays
+        assert queue.copy_count(conn) == 0
+        conn.close()
+    finally:
+        writer.close()
+
+
 def test_below_the_free_space_floor_the_doors_answer_451_and_write_nothing(site: Site, daemon_factory) -> None:
     """FREESPACEFLOOR above what the disk has: a command and a refused mail alike get 451
     (the sender keeps the mail), and nothing is written."""

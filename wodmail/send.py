@@ -16,8 +16,11 @@ user can open it (root, or wodmail's own user, on the daemon's host): no key is 
 there, the daemon knows who is asking (a key is still used when the location has one).
 Otherwise over SMTP to SMTPHOST:SMTPPORT (STARTTLS when the door offers it), signed; or
 printed (`--print`, signed) for `wodmail deliver` or any other pipe. `--smtp` skips the
-admin socket. The key never appears on a command line: it is read from the location
-(env: / file:).
+admin socket. Without SIGNINGKEYS, a command goes over SMTP unsigned where the door takes
+it from this user (`smtp_takes_unsigned`: the embedded default's loopback, for root or
+wodmail's user, e.g. `sudo wodmail send` while the daemon runs as another user, in a STATEDIR
+root's location does not name), and `--print` prints it unsigned. The key never appears on a
+command line: it is read from the location (env: / file:).
 
 `--range MIN,MAX` sends what the original backend's test script (wod-test-action.sh) sent:
 one command per student MIN..MAX, each submitted and answered before the next, except for a
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import email.policy
 import getpass
+import os
 import re
 import smtplib
 import socket
@@ -74,6 +78,26 @@ def default_sender() -> str:
     except (KeyError, OSError):
         user = "wodmail"
     return f"{user}@{socket.gethostname() or 'localhost'}"
+
+
+def smtp_takes_unsigned(location: Location, sender: str | None = None) -> bool:
+    """Whether the standard door would take this user's unsigned command: `submit` connects
+    from an address of TRUSTEDPEERS (loopback in the embedded default), as one of the users
+    a connection from this host counts for (LOCALPEERUSERS), with a trusted sender. The door
+    decides in the end; this only spares a signature it does not need."""
+    return (
+        location.peer_is_trusted(submit_address(location))
+        and os.geteuid() in location.local_peer_uids
+        and location.sender_is_trusted(sender or default_sender())
+    )
+
+
+def submit_address(location: Location, host: str | None = None) -> str:
+    """The address `submit` connects to: `host`, else SMTPHOST; loopback for "every address"."""
+    where = host or location.smtp_host
+    if where in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    return "::1" if where == "::" else where
 
 
 def signing_key(location: Location, wanted: str | None = None) -> SigningKey:
@@ -148,6 +172,8 @@ def check_arguments(
     spec = verbs.lookup(verb)
     if spec is None:
         raise BadCommand(f"unknown verb {verb[:40]!r}: expected one of {verbs.words}")
+    if not spec.student and (customer is not None or (workshop is not None and not spec.reads_body)):
+        raise BadCommand(f"{spec.name} takes no --workshop or --customer; it takes {spec.argument_description}")
     if address is not None and not spec.customer_email:
         raise BadCommand(f"{spec.name} takes no customer e-mail (--email); it takes {spec.argument_description}")
     if workshop is None and spec.workshop_required:
@@ -169,6 +195,8 @@ def range_students(location: Location, verb: str, text: str, verbs: VerbRegistry
     spec = registry.lookup(verb)
     if spec is None:
         raise BadCommand(f"unknown verb {verb[:40]!r}: expected one of {registry.words}")
+    if not spec.student:
+        raise BadCommand(f"{spec.name} acts on no student: --range is for the verbs that do")
     first, last = parse_range(location, text)
     if spec.student_range:
         return [f"{first},{last}" if first != last else str(first)]
@@ -206,11 +234,7 @@ def submit(
     An SMTP refusal comes back as a `Reply` (5xx / 4xx); a door that cannot be reached
     raises `OSError`.
     """
-    where = host or location.smtp_host
-    if where in ("", "0.0.0.0"):
-        where = "127.0.0.1"
-    elif where == "::":
-        where = "::1"
+    where = submit_address(location, host)
     with smtplib.SMTP(where, port or location.smtp_port, timeout=timeout) as client:
         client.ehlo()
         if client.has_extn("starttls"):
