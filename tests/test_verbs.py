@@ -74,9 +74,9 @@ def legacy_mail(subject: str, body: str = "WKSHP-Sample") -> InboundMail:
 
 def test_the_shipped_registry_declares_the_four_verbs() -> None:
     verbs = shipped_verbs()
-    assert list(verbs) == ["CREATE", "CLEANUP", "RESET", "PURGE"]
-    assert verbs.words == "CREATE, CLEANUP, DELETE, RESET, PURGE"
-    assert verbs.choices == "CREATE, CLEANUP (DELETE), RESET or PURGE"
+    assert list(verbs) == ["CREATE", "CLEANUP", "RESET", "PURGE", "HELP", "PLAN", "STATUS", "DRAIN", "RESUME"]
+    assert verbs.words == "CREATE, CLEANUP, DELETE, RESET, PURGE, HELP, PLAN, STATUS, DRAIN, RESUME"
+    assert verbs.choices == "CREATE, CLEANUP (DELETE), RESET, PURGE, HELP, PLAN, STATUS, DRAIN or RESUME"
     assert verbs.hook_names == ("create", "cleanup", "reset")
     assert verbs.lookup("delete") is verbs.spec("CLEANUP")
     assert verbs.lookup("RE\u017fET") is None  # a long s upper-cases to S: "RESET", not taken
@@ -129,7 +129,7 @@ def test_the_parser_takes_a_registered_verb_by_its_declaration() -> None:
     assert parse_command(raw, WITH_STAMP) == Command(
         verb="STAMP", stdid=5, last_stdid=5, customer="c5", workshop="WKSHP-Sample"
     )
-    with pytest.raises(BadCommand, match=r"unknown verb 'mark': expected one of CREATE, [A-Z, ]+ PURGE$"):
+    with pytest.raises(BadCommand, match=r"unknown verb 'mark': expected one of CREATE, [A-Z, ]+ RESUME$"):
         parse_command(raw)  # the shipped verbs: nothing changed for anyone else
     with pytest.raises(BadCommand, match="STAMP takes at most 2 arguments, got 3"):
         parse_command(b"Subject: STAMP 5 c5 a@example.com\nWKSHP-Sample\n", WITH_STAMP)
@@ -137,7 +137,10 @@ def test_the_parser_takes_a_registered_verb_by_its_declaration() -> None:
         parse_command(b"Subject: STAMP 5,6 c5\nWKSHP-Sample\n", WITH_STAMP)
     with pytest.raises(BadCommand, match="the body is empty"):
         parse_command(b"Subject: STAMP 5 c5\n\n", WITH_STAMP)
-    with pytest.raises(BadCommand, match=r"expected one of CREATE, CLEANUP, DELETE, RESET, PURGE, STAMP, MARK$"):
+    with pytest.raises(
+        BadCommand,
+        match=r"expected one of CREATE, CLEANUP, DELETE, RESET, PURGE, HELP, PLAN, STATUS, DRAIN, RESUME, STAMP, MARK$",
+    ):
         parse_command(b"Subject: LAUNCH 5 c5\nWKSHP-Sample\n", WITH_STAMP)
 
 

@@ -13,6 +13,6 @@ from __future__ import annotations
 
 from wodmail.verbspec import VerbRegistry
 
-from . import cleanup, create, purge, reset
+from . import cleanup, create, drain, help, plan, purge, reset, resume, status
 
-REGISTRY = VerbRegistry([create, cleanup, reset, purge])
+REGISTRY = VerbRegistry([create, cleanup, reset, purge, help, plan, status, drain, resume])

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 spec = VerbSpec(
     name="CLEANUP",
+    plannable=True,
     aliases=("DELETE",),
     hook="cleanup",
     description=(

@@ -13,8 +13,10 @@ if TYPE_CHECKING:
 
 spec = VerbSpec(
     name="CREATE",
+    plannable=True,
     customer_email=True,
     hook="create",
+    refused_while_drained=True,
     description=(
         "Set a new password, end any process the student left, reset the home, run the workshop's create"
         " scripts, deploy the workshop with the student's values (and what the scripts wrote for them), run"

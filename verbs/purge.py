@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 spec = VerbSpec(
     name="PURGE",
+    plannable=True,
     workshop_required=False,
     description=(
         "Stop the JupyterHub server, rotate the password, end every process of the student, unassign"

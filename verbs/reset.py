@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 spec = VerbSpec(
     name="RESET",
+    plannable=True,
     student_range=True,
     reset_only=True,
     hook="reset",

@@ -9,6 +9,13 @@ sends it today:
     Subject: PURGE <stdid> <customer-id>
     body: first non-empty line is the workshop, e.g. WKSHP-Ansible101
 
+and, from an admin (signed, or the admin socket), the verbs about the host, which name no
+student and whose body is not read (`Command.operands` holds their words):
+
+    Subject: HELP
+    Subject: STATUS [job <id> | student <stdid> | workshop <name>]
+    Subject: DRAIN [workshop <name> | all]            (RESUME likewise)
+
 Which verbs there are, and which of those arguments each takes, is what the verbs declare
 (wodmail.verbspec, the registry of verbs/): the lines above are the shipped verbs'.
 `parse_command` turns the bytes of such a mail into a `Command`, or raises
@@ -21,17 +28,23 @@ import email
 import email.policy
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from email.message import EmailMessage
 from typing import Any
 
 from wodmail.errors import BadCommand
-from wodmail.verbspec import VerbRegistry, VerbSpec, shipped_verbs
+from wodmail.verbspec import REST, REST_WORDS, VerbRegistry, VerbSpec, shipped_verbs
 
 #: A workshop name: WKSHP- or CHLG- and then letters, digits, '-', '_' and '.' (no "..").
 WORKSHOP_RE = re.compile(r"(WKSHP|CHLG)-[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 CUSTOMER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 STDID_RE = re.compile(r"[0-9]{1,9}")
+#: What each placeholder of a verb's operand forms takes (wodmail.verbspec.OPERAND_PLACEHOLDERS).
+OPERAND_VALUES = {"ID": re.compile(r"[0-9]{1,12}"), "N": STDID_RE, "NAME": WORKSHOP_RE}
+NO_STUDENT = -1
+"""`stdid` of a command that names no student (HELP, STATUS, DRAIN): no student has it, and
+its line (wodmail.worker) holds only such commands."""
 MAX_SUBJECT = 998
 
 #: Bytes (unfolded) of one header field the parser reads. Python's header parser is slow
@@ -71,6 +84,9 @@ class Command:
     """The mail's Message-ID, used to recognise a redelivered mail."""
     auth: str = ""
     """How the command was authenticated, e.g. 'legacy peer 127.0.0.1'."""
+    operands: tuple[str, ...] | None = None
+    """The words of a verb without a student (`VerbSpec.student` False), e.g. ('job', '12'),
+    and then `stdid` is NO_STUDENT; None for a command about students."""
 
     @property
     def is_range(self) -> bool:
@@ -85,12 +101,27 @@ class Command:
         return f"student{self.stdid}"
 
     @property
+    def student_ends(self) -> tuple[int, ...]:
+        """The first and last student (the same twice for one); none without a student."""
+        return () if self.operands is not None else (self.stdid, self.last_stdid)
+
+    @property
+    def label(self) -> str:
+        """The command in a few words, for logs, listings and replies: `CREATE student5
+        WKSHP-Name`, `STATUS job 12`."""
+        if self.operands is not None:
+            return " ".join([self.verb, *self.operands])
+        return f"{self.verb} {self.student_name}" + (f" {self.workshop}" if self.workshop else "")
+
+    @property
     def mode(self) -> str:
         """WKSHP, or CHLG for a challenge (its content lives under the WKSHP- name)."""
         return "CHLG" if self.workshop and self.workshop.startswith("CHLG-") else "WKSHP"
 
     def canonical(self) -> str:
         """The command in one line, the same for every copy of the same command."""
+        if self.operands is not None:
+            return " ".join([self.verb, *self.operands]) + f" / {self.workshop or '-'}"
         student = f"{self.stdid},{self.last_stdid}" if self.is_range else str(self.stdid)
         words = [self.verb, student, self.customer]
         if self.email:
@@ -98,11 +129,16 @@ class Command:
         return " ".join(words) + f" / {self.workshop or '-'}"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if self.operands is None:
+            del data["operands"]  # a command about students is stored as it always was
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Command:
         data: dict[str, Any] = json.loads(text)
+        if data.get("operands") is not None:
+            data["operands"] = tuple(data["operands"])
         return cls(**data)
 
     def with_auth(self, auth: str) -> Command:
@@ -297,6 +333,22 @@ def command_from_fields(fields: MailFields, verbs: VerbRegistry | None = None) -
         raise BadCommand(f"unknown verb {shown!r}: expected one of {registry.words}")
     verb = spec.name
     args = words[1:]
+    if not spec.student:
+        operands, named = parse_operands(spec, args)
+        if spec.reads_body:
+            if fields.body_error is not None:
+                raise BadCommand(fields.body_error)
+            named = named or parse_workshop(fields.first_line, required=False)
+        message_id = fields.message_id
+        return Command(
+            verb=verb,
+            stdid=NO_STUDENT,
+            last_stdid=NO_STUDENT,
+            customer="",
+            workshop=named,
+            message_id=message_id[:250] if message_id else None,
+            operands=operands,
+        )
     most = spec.most_arguments
     if len(args) < 2:
         raise BadCommand(f"{verb} needs a student id and a customer id, got {len(args)} argument(s)")
@@ -320,6 +372,47 @@ def command_from_fields(fields: MailFields, verbs: VerbRegistry | None = None) -
         email=address,
         message_id=message_id[:250] if message_id else None,
     )
+
+
+def parse_operands(spec: VerbSpec, words: Sequence[str]) -> tuple[tuple[str, ...], str | None]:
+    """The words after a verb without a student, by the first of its forms they fit
+    (`VerbSpec.operands`): the words (a keyword in lower case) and the workshop a NAME gave;
+    `BadCommand` when none fits."""
+    if not words:
+        if spec.operands_required:
+            raise BadCommand(f"{spec.name} needs {spec.operand_choices}")
+        return (), None
+    for form in spec.operands:
+        found = _fit_form(form.split(), words)
+        if found is not None:
+            return found
+    takes = f"[{spec.operand_choices}]" if spec.operands else "no argument"
+    raise BadCommand(f"{spec.name} takes {takes}, got {' '.join(words)[:60]!r}")
+
+
+def _fit_form(shape: list[str], words: Sequence[str]) -> tuple[tuple[str, ...], str | None] | None:
+    if shape and shape[-1] == REST:
+        rest = len(words) - len(shape) + 1
+        if not 1 <= rest <= REST_WORDS:
+            return None
+        found = _fit_form(shape[:-1], words[: len(shape) - 1])
+        return None if found is None else ((*found[0], *words[len(shape) - 1 :]), found[1])
+    if len(shape) != len(words):
+        return None
+    taken: list[str] = []
+    named = None
+    for part, word in zip(shape, words, strict=True):
+        pattern = OPERAND_VALUES.get(part)
+        if pattern is None:
+            if not word.isascii() or word.lower() != part:
+                return None
+            taken.append(part)
+        elif pattern.fullmatch(word) and ".." not in word:
+            taken.append(word)
+            named = word if part == "NAME" else named
+        else:
+            return None
+    return tuple(taken), named
 
 
 def parse_students(spec: VerbSpec, text: str, verbs: VerbRegistry) -> tuple[int, int]:

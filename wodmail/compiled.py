@@ -155,6 +155,11 @@ class CompiledWorkshop:
         self.links = tuple(sorted(links))
 
     @property
+    def tree(self) -> Folder:
+        """The workshop's top folder, with its files and sub-folders as compiled (read only)."""
+        return self._tree
+
+    @property
     def templates(self) -> Mapping[Path, Template]:
         """The compiled template of every templated file, by relative path."""
         return MappingProxyType({p: f.template for p, f in self._templated.items()})

@@ -10,7 +10,12 @@ registration app sends through the same port. With RELAYHOST set, such a mail fr
 allowed to send commands on that door is committed to the relay table and answered 250;
 the jobs process passes it on (wodmail.relay). Otherwise it is refused as any bad command.
 A CREATE is queued with the app's deadline, and a CLEANUP or PURGE cancels the student's
-CREATE still queued, in the same transaction (wodmail.appdeadline).
+CREATE still queued, in the same transaction (wodmail.appdeadline); a CREATE for a drained
+workshop (DRAIN) is refused there, 451, and recorded (wodmail.queue.drains).
+
+A signed command, and one from the admin socket, gets a reply (wodmail.replies): where it
+goes is decided here, once the sender is authenticated, and kept with the job; a refusal
+after that point is answered with the refusal's record.
 """
 
 from __future__ import annotations
@@ -23,14 +28,16 @@ from collections.abc import Callable
 from wodmail import queue
 from wodmail.admission import Summary
 from wodmail.appdeadline import SUPERSEDES, deadline_for
-from wodmail.command import WORKSHOP_RE, Command, MailFields, command_from_fields, read_fields
+from wodmail.command import WORKSHOP_RE, Command, MailFields, command_from_fields, parse_operands, read_fields
 from wodmail.errors import BadCommand, NotPermitted, Refusal, TryLater
+from wodmail.figures import DoorFigures
 from wodmail.inbound import InboundMail, Reply
 from wodmail.location import Location
 from wodmail.peers import HostPeers, describe_uid, parse_address
 from wodmail.received import relay_address
+from wodmail.replies import Origin, refusal_reply, reply_address
 from wodmail.signing import Signatures, Verified, signature_of
-from wodmail.verbspec import VerbRegistry, shipped_verbs
+from wodmail.verbspec import REST, VerbRegistry, shipped_verbs
 
 log = logging.getLogger(__name__)
 refusals = Summary(log)
@@ -42,12 +49,24 @@ RELAY_DOORS = frozenset({"smtp", "legacy"})
 
 def is_command_mail(fields: MailFields, verbs: VerbRegistry) -> bool:
     """Whether a mail is meant as a command (and is never relayed): it is signed, has no or
-    several Subjects, its Subject's first word is a verb, or its body's first line names a
+    several Subjects, its Subject's first word is a verb (for a verb without a student, its
+    Subject is one of the verb's forms: "Status of your session" is a mail for a person; for
+    PLAN, whose Subject is a command of its own, that command's first word is a verb: "Plan
+    for your workshop" is a mail for a person too), or its body's first line names a
     workshop (a command whose Subject the app garbled, e.g. `[object Promise]`)."""
     if fields.signatures or fields.subjects != 1 or not fields.subject:
         return True
-    if verbs.lookup(fields.subject.split()[0]) is not None:
-        return True
+    words = fields.subject.split()
+    spec = verbs.lookup(words[0])
+    if spec is not None:
+        if spec.student:
+            return True
+        try:
+            parse_operands(spec, words[1:])
+        except BadCommand:
+            pass
+        else:
+            return spec.operands != (REST,) or len(words) == 1 or verbs.lookup(words[1]) is not None
     return fields.first_line is not None and WORKSHOP_RE.match(fields.first_line) is not None
 
 
@@ -79,20 +98,31 @@ class CommandIntake:
         self.peers = peers or HostPeers()
         self.admin_uids = frozenset({0, os.geteuid()})
         """Who may use the admin socket: root and the user wodmail runs as."""
+        self.figures = DoorFigures()
+        """Commands received and mails refused, counted for the metrics (wodmail.metrics)."""
 
     async def submit(self, mail: InboundMail) -> Reply:
+        answer: tuple[Origin, str | None, str] | None = None  # once the sender is authenticated
         try:
             auth, fields = self.read(mail)
             if mail.door in RELAY_DOORS and self.location.relay.host and not is_command_mail(fields, self.verbs):
                 return await self._relay(mail, auth)
-            command, verified = self.command_of(mail, fields, auth)
+            if mail.door == "admin":
+                answer = self._answer(mail)  # the admin is known before the command is read
+            command, verified = self.authenticated_command(mail, fields, auth)
+            if verified is not None and answer is None:
+                answer = self._answer(mail)
+            self.validate(command)
         except Refusal as refusal:
-            return await self._refuse(mail, refusal.smtp_code, refusal.reason)
+            return await self._refuse(mail, refusal.smtp_code, refusal.reason, answer)
+        reply_to = answer[1] if answer is not None else None
         store = queue.enqueue(
             command,
             mail,
             deadline_after=deadline_for(command.verb, self.location.jobs.app_deadline),
             supersedes=SUPERSEDES.get(command.verb, frozenset()),
+            reply_to=reply_to,
+            drainable=self.verbs.spec(command.verb).refused_while_drained,
         )
         if verified is not None:
             # The nonce is recorded in the job's own transaction: a replay is refused there.
@@ -104,9 +134,23 @@ class CommandIntake:
         except TryLater as exc:
             log.warning("could not commit a %s command from %s: %s", command.verb, mail.peer or "local", exc)
             return Reply(451, "the command could not be stored: try again later")
+        if enqueued.refused is not None:  # recorded as refused in the same transaction
+            refusals.note(
+                logging.INFO,
+                f"{mail.door} {mail.peer}",
+                "refused a mail from %s on %s: 451 %s",
+                mail.peer or "this host",
+                mail.door,
+                enqueued.refused,
+            )
+            self.figures.mail_refused(mail.door, 451)
+            return Reply(451, enqueued.refused)
+        self.figures.command_received(command.verb, mail.door, enqueued.duplicate)
         if enqueued.duplicate:
             log.info("job %d: %s from %s is a copy, not queued again", enqueued.job_id, command.verb, mail.peer)
             return Reply(250, f"already have this command as job {enqueued.job_id}")
+        if answer is not None and reply_to is None:
+            log.info("job %d: %s gets no reply: %s", enqueued.job_id, command.label, answer[2])
         for cancelled in enqueued.cancelled:
             log.info("job %d: cancelled, superseded by job %d (%s)", cancelled, enqueued.job_id, command.verb)
         if self.on_enqueued is not None:
@@ -154,7 +198,17 @@ class CommandIntake:
         """A mail the door refused by itself (legacy door: what followed the first command)."""
         await self._refuse(mail, code, reason)
 
-    async def _refuse(self, mail: InboundMail, code: int, reason: str) -> Reply:
+    def _answer(self, mail: InboundMail) -> tuple[Origin, str | None, str]:
+        """For an authenticated sender: the mail's header fields, where the reply goes (None:
+        nowhere), and why not (wodmail.replies)."""
+        origin = Origin.of(mail.data)
+        address, why = reply_address(mail, origin, self.location)
+        return origin, address, why
+
+    async def _refuse(
+        self, mail: InboundMail, code: int, reason: str, answer: tuple[Origin, str | None, str] | None = None
+    ) -> Reply:
+        self.figures.mail_refused(mail.door, code)
         # Once per peer and interval, with a count: a flood of refusals must not flood the log.
         refusals.note(
             logging.INFO,
@@ -165,11 +219,17 @@ class CommandIntake:
             code,
             reason,
         )
+        record = queue.record_refusal(mail, code, reason)
+        replied = answer is not None and answer[1] is not None and code >= 500  # a 4xx is tried again
+        if replied and answer is not None and answer[1] is not None:
+            record = queue.refusal_replied(record, refusal_reply(self.location, answer[1], answer[0], code, reason))
         try:
-            await self.writer.run(queue.record_refusal(mail, code, reason))
+            refused_id = await self.writer.run(record)
         except TryLater:
             # Refusing without a record would lose the mail: let the sender keep it instead.
             return Reply(451, "the refusal could not be recorded: try again later")
+        if replied and self.on_enqueued is not None:
+            self.on_enqueued(refused_id)  # wakes the jobs process, which relays the reply
         return Reply(code, reason)
 
     def check(self, mail: InboundMail) -> Command:
@@ -200,6 +260,14 @@ class CommandIntake:
 
     def command_of(self, mail: InboundMail, fields: MailFields, auth: str | None) -> tuple[Command, Verified | None]:
         """The command of a mail's fields, authorised and validated (see `check_signed`)."""
+        command, verified = self.authenticated_command(mail, fields, auth)
+        self.validate(command)
+        return command, verified
+
+    def authenticated_command(
+        self, mail: InboundMail, fields: MailFields, auth: str | None
+    ) -> tuple[Command, Verified | None]:
+        """The command of a mail's fields, its sender authorised (not yet `validate`d)."""
         signature = signature_of(fields)
         verified = None
         if signature is None:
@@ -210,9 +278,7 @@ class CommandIntake:
             command = command_from_fields(fields, self.verbs)
             verified = self.signatures.verify(signature, command, time.time())
             auth = verified.auth if auth is None else f"{verified.auth} ({auth})"
-        command = command.with_auth(auth)
-        self.validate(command)
-        return command, verified
+        return command.with_auth(auth), verified
 
     def authorise(self, mail: InboundMail) -> str:
         """Who may send unsigned commands, per door; returns how the sender was trusted.
@@ -285,24 +351,30 @@ class CommandIntake:
         return f"local pipe, relayed by the MTA from {relay}"
 
     def validate(self, command: Command) -> None:
-        """The command against this location: its workshop, its students' ranges, and its
-        verb's own checks (`VerbSpec.refusal`: a reset-only verb, the verb's `checks`)."""
-        location = self.location
-        for stdid in {command.stdid, command.last_stdid}:
-            if not location.student_min <= stdid <= location.student_max:
-                raise BadCommand(
-                    f"student {stdid} is outside this location's range {location.student_min}..{location.student_max}"
-                )
-        if command.workshop is None:
-            return
-        workshop = location.workshop(command.workshop)
-        if workshop is None:
-            raise BadCommand(f"unknown workshop {command.workshop!r} on location {location.name}")
-        for stdid in {command.stdid, command.last_stdid}:
-            if not workshop.holds(stdid):
-                raise BadCommand(
-                    f"student {stdid} is outside {workshop.name}'s booked range {workshop.first}..{workshop.last}"
-                )
-        refusal = self.verbs.spec(command.verb).refusal(command, workshop)
-        if refusal is not None:
-            raise BadCommand(refusal)
+        """The command against this location (`validate_command`)."""
+        validate_command(self.location, self.verbs, command)
+
+
+def validate_command(location: Location, verbs: VerbRegistry | None, command: Command) -> None:
+    """`command` against `location`: its workshop, its students' ranges, and its verb's own
+    checks (`VerbSpec.refusal`: a reset-only verb, the verb's `checks`); BadCommand saying
+    what is wrong. The door's check, and PLAN's (wodmail.plan); `verbs`: default the shipped ones."""
+    registry = verbs if verbs is not None else shipped_verbs()
+    for stdid in set(command.student_ends):
+        if not location.student_min <= stdid <= location.student_max:
+            raise BadCommand(
+                f"student {stdid} is outside this location's range {location.student_min}..{location.student_max}"
+            )
+    if command.workshop is None:
+        return
+    workshop = location.workshop(command.workshop)
+    if workshop is None:
+        raise BadCommand(f"unknown workshop {command.workshop!r} on location {location.name}")
+    for stdid in set(command.student_ends):
+        if not workshop.holds(stdid):
+            raise BadCommand(
+                f"student {stdid} is outside {workshop.name}'s booked range {workshop.first}..{workshop.last}"
+            )
+    refusal = registry.spec(command.verb).refusal(command, workshop)
+    if refusal is not None:
+        raise BadCommand(refusal)

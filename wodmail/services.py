@@ -28,6 +28,7 @@ from wodmail.workshop import Renderer
 
 if TYPE_CHECKING:
     from wodmail.journal import JobRun
+    from wodmail.reports import Desk
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,14 @@ class Services:
     directory: Directory | None = None
     accounts: Accounts | None = None
     """The students' host accounts (ACCOUNTS, ACCOUNTSSHKEY, HOMEACL); None: left alone."""
+    queue_desk: Desk | None = None
+    """What HELP, PLAN, STATUS, DRAIN and RESUME read and write (wodmail.reports); the jobs process's."""
+
+    def desk(self) -> Desk:
+        """The queue's desk for HELP, PLAN, STATUS, DRAIN and RESUME; `StepFailed` where there is none."""
+        if self.queue_desk is None:
+            raise StepFailed("HELP, PLAN, STATUS, DRAIN and RESUME run in the jobs process only")
+        return self.queue_desk
 
     @property
     def callbacks_enabled(self) -> bool:
@@ -174,19 +183,27 @@ class Services:
     async def set_password(self, stdid: int, workshop: Workshop | None, password: str) -> str:
         """Replace student{stdid}'s password where this location keeps it: the host account
         (ACCOUNTS: unix: the hub logs students in through PAM with it) and, for an LDAP
-        workshop, LDAP too, as the platform this replaces did."""
+        workshop, LDAP too, as the platform this replaces did (`password_places`)."""
+        host, ldap = self.password_places(stdid, workshop)
+        done = []
+        if host and self.accounts is not None:
+            done.append(await self.accounts.set_password(stdid, password))
+        if ldap and self.directory is not None:
+            done.append(await self.directory.set_student_password(stdid, password))
+        return "; ".join(done) or "no directory for this workshop"
+
+    def password_places(self, stdid: int, workshop: Workshop | None) -> tuple[bool, bool]:
+        """Where `set_password` sets student{stdid}'s password: (the host account, LDAP);
+        StepFailed for an LDAP workshop on a location without an LDAP directory. PLAN asks
+        it too (wodmail.plansteps), without setting anything."""
         if workshop is None:
             # A PURGE may name no workshop: the one whose booked range holds the student
             # (ranges never overlap) says whether the password lives in LDAP.
             workshop = next((w for w in self.location.workshops.values() if w.holds(stdid)), None)
-        if workshop is not None and workshop.ldap and self.directory is None:
+        ldap = workshop is not None and workshop.ldap
+        if workshop is not None and ldap and self.directory is None:
             raise StepFailed(f"{workshop.name} needs LDAP but this location has no LDAP directory")
-        done = []
-        if self.accounts is not None and self.accounts.sets_passwords:
-            done.append(await self.accounts.set_password(stdid, password))
-        if workshop is not None and workshop.ldap and self.directory is not None:
-            done.append(await self.directory.set_student_password(stdid, password))
-        return "; ".join(done) or "no directory for this workshop"
+        return self.accounts is not None and self.accounts.sets_passwords, ldap
 
     async def reset_home(self, stdid: int) -> str | None:
         """Erase student{stdid}'s home back to its skeleton (wodmail.homes), then, when the

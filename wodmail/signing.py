@@ -221,6 +221,8 @@ class Signatures:
                 used = f" (by job {row[0]})" if row[0] is not None else ""
                 raise NotPermitted(f"signature replayed: its nonce was already used{used}")
             result = store(conn)
+            if getattr(result, "refused", None) is not None:
+                return result  # refused for now (a drained workshop): the same mail may come again
             queue.use_nonce(conn, verified.nonce, verified.key_id, verified.timestamp, getattr(result, "job_id", None))
             return result
 

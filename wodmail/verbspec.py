@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from wodmail.location import Workshop
     from wodmail.services import Services
 
+#: What stands for a value in a verb's operand forms (VerbSpec.operands): a job's id, a
+#: student's number, a workshop's name (wodmail.command checks each), and, last in a form,
+#: the rest of the Subject (1 to REST_WORDS words, kept as they are: PLAN's command).
+OPERAND_PLACEHOLDERS = ("ID", "N", "NAME", "WORDS...")
+REST = "WORDS..."
+REST_WORDS = 8
+
 Check = Callable[["Command", "Workshop"], "str | None"]
 """A verb's own check of a command against its workshop, at the door: the reason to refuse
 the command (a 554 / exit 65), or None to accept it."""
@@ -34,7 +41,9 @@ class VerbSpec:
 
     Every command mail's Subject is `VERB <student> <customer-id> [<customer-email>]` and
     its body's first line the workshop (the mail is the API, see wodmail.command); a verb
-    chooses which of those it takes.
+    chooses which of those it takes. A verb about the host rather than a student (HELP,
+    STATUS, DRAIN: `student` False) takes its own words instead, in the forms it declares
+    (`operands`, e.g. `STATUS job 12`).
     """
 
     name: str
@@ -55,6 +64,27 @@ class VerbSpec:
     """The name of the workshop hook (playbook) the verb runs, if any, e.g. `create`."""
     checks: tuple[Check, ...] = ()
     """The verb's own checks at the door (`Check`), after the ones the fields above imply."""
+    student: bool = True
+    """The Subject names the student (or range) and the customer, the body the workshop: a
+    verb that acts on students. False: a verb about the host, the queue or a workshop (HELP,
+    STATUS, DRAIN): its Subject takes `operands` instead, its body is not read, and its jobs
+    wait in a line of their own (wodmail.command.NO_STUDENT), one at a time, in arrival order."""
+    operands: tuple[str, ...] = ()
+    """A verb without a student: the forms of the words after it, e.g. `job ID`, `workshop
+    NAME`, `all`. A lower-case word stands for itself; ID and N for a number, NAME for a
+    workshop (OPERAND_PLACEHOLDERS). The verb alone is taken too, unless `operands_required`."""
+    operands_required: bool = False
+    """The verb alone is refused: it needs one of its `operands` forms (PLAN)."""
+    reads_body: bool = False
+    """A verb without a student whose body's first line, if any, is the command's workshop
+    (PLAN: the planned command's); otherwise such a verb's body is not read."""
+    refused_while_drained: bool = False
+    """Refused at the door (451, a temporary reason, recorded) while the command's workshop
+    is drained (DRAIN, wodmail.queue.drains): CREATE."""
+    plannable: bool = False
+    """Every effect of its `run` goes through `job.step` and `job.callbacks` (as crash recovery
+    needs anyway), and nothing else it calls changes anything: PLAN may run it against a
+    journal that records the steps instead of doing them (wodmail.plan)."""
 
     def __post_init__(self) -> None:
         for word in (self.name, *self.aliases):
@@ -62,15 +92,39 @@ class VerbSpec:
                 raise ValueError(f"verb name {word!r} is not a word in capitals")
         if self.reset_only and not self.workshop_required:
             raise ValueError(f"{self.name} is for reset workshops only: it needs a workshop")
+        if not self.student and (
+            self.student_range or self.customer_email or self.workshop_required or self.reset_only or self.hook
+        ):
+            raise ValueError(f"{self.name} takes no student: no range, customer e-mail, workshop body or hook")
+        if self.student and (self.operands or self.operands_required or self.reads_body):
+            raise ValueError(f"{self.name} takes a student: its arguments are the student and the customer")
+        for form in self.operands:
+            for word in form.split() or [""]:
+                if word not in OPERAND_PLACEHOLDERS and not (word.isascii() and word.isalpha() and word.islower()):
+                    raise ValueError(f"{self.name}: operand form {form!r} holds {word!r}")
+            if REST in form.split()[:-1]:
+                raise ValueError(f"{self.name}: operand form {form!r}: {REST} comes last")
 
     @property
     def most_arguments(self) -> int:
         """How many words may follow the verb in the Subject."""
+        if not self.student:
+            sizes = (len(form.split()) + (REST_WORDS - 1 if REST in form else 0) for form in self.operands)
+            return max(sizes, default=0)
         return 3 if self.customer_email else 2
+
+    @property
+    def operand_choices(self) -> str:
+        """A verb without a student: its forms, `job ID | student N | workshop NAME`."""
+        return " | ".join(self.operands)
 
     @property
     def argument_description(self) -> str:
         """The Subject's arguments and the body, in one line."""
+        if not self.student:
+            choices = self.operand_choices
+            words = (choices if self.operands_required else f"[{choices}]") if choices else "no arguments"
+            return f"{words}; body: " + ("the workshop (optional)" if self.reads_body else "not read")
         student = "<stdid>|<min>,<max>" if self.student_range else "<stdid>"
         email = " [<customer-email>]" if self.customer_email else ""
         if self.reset_only:

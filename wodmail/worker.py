@@ -30,6 +30,7 @@ from wodmail import queue
 from wodmail.appdeadline import SUPERSEDES, past_deadline
 from wodmail.backoff import backoff
 from wodmail.errors import StepFailed, TransientError, TryLater
+from wodmail.figures import JobFigures
 from wodmail.journal import JobRun
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Job
@@ -146,8 +147,12 @@ class Worker:
         retry_for: float,
         backoff_cap: float = 300.0,
         on_callbacks: Callable[[], None] | None = None,
+        on_end: Callable[[], None] | None = None,
+        figures: JobFigures | None = None,
     ) -> None:
         self._reader = queue.connect(db_path)
+        self._on_end = on_end
+        """Called when a job ended (its reply may be due: wodmail.replies)."""
         self._writer = writer
         self._services = services
         self._verbs = verbs
@@ -156,6 +161,8 @@ class Worker:
         self._retry_for = retry_for
         self._backoff_cap = backoff_cap
         self._on_callbacks = on_callbacks
+        self._figures = figures
+        """The jobs ended and their steps' durations, counted for the metrics (wodmail.figures)."""
         self.scheduler = Scheduler()
         self._wake = asyncio.Event()
         self._arrived = False
@@ -257,7 +264,7 @@ class Worker:
 
     async def _execute(self, job: Job) -> None:
         command = job.command
-        label = f"{command.verb} {command.student_name}" + (f" {command.workshop}" if command.workshop else "")
+        label = command.label
         if job.deadline is not None and time.time() >= job.deadline:
             await self._fail_past_deadline(job, label, job.error)
             return
@@ -274,6 +281,7 @@ class Worker:
             self._on_callbacks,
             self._services.homes.durable,
             callbacks_enabled=self._services.callbacks_enabled,
+            on_step=self._figures.step_took if self._figures is not None else None,
         )
         started = time.monotonic()
         try:
@@ -330,9 +338,17 @@ class Worker:
         await self._writer.run(queue.fail_past_deadline(job.id, error))
         self.scheduler.remove(job.id)
         self.finished += 1
+        if self._figures is not None:
+            self._figures.job_ended(job.command.verb, "failed")
+        if self._on_end is not None:
+            self._on_end()
         log.warning("job %d: %s failed: %s", job.id, label, error)
 
     async def _end(self, job: Job, state: str, outcome: str | None, error: str | None) -> None:
         await self._writer.run(queue.finish(job.id, state, outcome, error))
         self.scheduler.remove(job.id)
         self.finished += 1
+        if self._figures is not None:
+            self._figures.job_ended(job.command.verb, state)
+        if self._on_end is not None:
+            self._on_end()

@@ -25,6 +25,8 @@ The package, one concern a module (the rest of wodmail uses the names below as
 - `writes`: every change, as a function of a connection run inside a transaction;
 - `queries`: every read;
 - `retention`: forgetting what is old;
+- `copies`: the commands dropped as copies of a job already taken, kept for operators;
+- `drains`: drained workshops (DRAIN, RESUME); `replies`: the replies owed to commands;
 - `records`: the rows as objects (Job, Step, OutboxEntry, Callback, RelayEntry).
 
 No SQL lives outside this package.
@@ -32,6 +34,8 @@ No SQL lives outside this package.
 
 from __future__ import annotations
 
+from wodmail.queue.copies import Copy, copies_of, copy_count, get_copy, list_copies
+from wodmail.queue.drains import ALL_WORKSHOPS, drain, drained, list_drains, resume
 from wodmail.queue.queries import (
     callback_state,
     callbacks_of,
@@ -40,6 +44,8 @@ from wodmail.queue.queries import (
     get_refused,
     job_counts,
     job_states,
+    jobs_of_student,
+    latest_student_jobs,
     list_jobs,
     list_refused,
     list_relay,
@@ -60,6 +66,7 @@ from wodmail.queue.records import (
     OUTBOX_COLUMNS,
     RELAY_COLUMNS,
     Callback,
+    Drain,
     Enqueued,
     Job,
     OutboxEntry,
@@ -69,6 +76,7 @@ from wodmail.queue.records import (
     outbox_from_row,
     relay_from_row,
 )
+from wodmail.queue.replies import jobs_owed_reply, refusal_replied, reply_queued
 from wodmail.queue.retention import prune_old
 from wodmail.queue.schema import (
     LOCK_WAIT,
@@ -113,6 +121,7 @@ from wodmail.queue.writes import (
 )
 
 __all__ = [
+    "ALL_WORKSHOPS",
     "JOB_COLUMNS",
     "JOB_STATES",
     "LOCK_WAIT",
@@ -125,6 +134,8 @@ __all__ = [
     "REFUSED_TOTAL",
     "RELAY_COLUMNS",
     "Callback",
+    "Copy",
+    "Drain",
     "Enqueued",
     "Job",
     "OutboxEntry",
@@ -136,6 +147,10 @@ __all__ = [
     "checkpoint",
     "claim",
     "connect",
+    "copies_of",
+    "copy_count",
+    "drain",
+    "drained",
     "due_relay_mails",
     "enqueue",
     "fail_past_deadline",
@@ -143,11 +158,17 @@ __all__ = [
     "find_nonce",
     "finish",
     "forget_nonces_before",
+    "get_copy",
     "get_job",
     "get_refused",
     "job_counts",
     "job_from_row",
     "job_states",
+    "jobs_of_student",
+    "jobs_owed_reply",
+    "latest_student_jobs",
+    "list_copies",
+    "list_drains",
     "list_jobs",
     "list_refused",
     "list_relay",
@@ -168,6 +189,7 @@ __all__ = [
     "prune_old",
     "record_refusal",
     "recover",
+    "refusal_replied",
     "refused_counts",
     "relay_counts",
     "relay_failed",
@@ -175,7 +197,9 @@ __all__ = [
     "relay_mail",
     "relay_retry",
     "relay_sent",
+    "reply_queued",
     "requeue_stopped",
+    "resume",
     "retry",
     "step_done",
     "step_failed",

@@ -53,6 +53,35 @@ def list_jobs(conn: sqlite3.Connection, states: Sequence[str] = (), limit: int =
     return [job_from_row(row) for row in rows]
 
 
+def jobs_of_student(conn: sqlite3.Connection, stdid: int, limit: int) -> list[Job]:
+    """The last `limit` jobs that acted on student `stdid` (a RESET range that holds it too),
+    newest first."""
+    rows = conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE stdid <= ? AND last_stdid >= ? ORDER BY id DESC LIMIT ?",
+        (stdid, stdid, limit),
+    ).fetchall()
+    return [job_from_row(row) for row in rows]
+
+
+def latest_student_jobs(conn: sqlite3.Connection, first: int, last: int) -> dict[int, Job]:
+    """The last job of each student of first..last that has one (a RESET range counts for
+    each of its students)."""
+    latest: dict[int, int] = {}
+    rows = conn.execute("SELECT id, stdid, last_stdid FROM jobs WHERE stdid BETWEEN ? AND ? ORDER BY id", (first, last))
+    for job_id, low, high in rows:
+        for stdid in range(max(low, first), min(high, last) + 1):
+            latest[stdid] = job_id
+    ids = sorted(set(latest.values()))
+    jobs: dict[int, Job] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" for _ in chunk)
+        for row in conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", chunk):
+            job = job_from_row(row)
+            jobs[job.id] = job
+    return {stdid: jobs[job_id] for stdid, job_id in sorted(latest.items()) if job_id in jobs}
+
+
 def job_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return {state: count for state, count in conn.execute("SELECT state, count(*) FROM jobs GROUP BY state")}
 

@@ -4,6 +4,7 @@ the mails relayed to the site's MTA."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,9 @@ class Enqueued:
     duplicate: bool
     cancelled: tuple[int, ...] = ()
     """The queued jobs this one superseded (wodmail.appdeadline), cancelled in its transaction."""
+    refused: str | None = None
+    """Why nothing was queued and the mail was recorded as refused (451: its workshop is
+    drained); None: queued (or a copy)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class Job:
     finished: float | None = None
     deadline: float | None = None
     """When the registration app gives up on it (APPDEADLINE after its arrival; CREATE only)."""
+    reply_to: str | None = None
+    """Where its reply goes when it ends (wodmail.replies); None: it gets none."""
+    reply_id: int | None = None
+    """The relayed mail that carries its reply, once queued."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ class OutboxEntry:
 
 JOB_COLUMNS = (
     "id, command, state, received, attempts, crashes, retries, not_before, error, outcome, door, peer,"
-    " sender, started, finished, deadline"
+    " sender, started, finished, deadline, reply_to, reply_id"
 )
 
 
@@ -113,7 +121,29 @@ def job_from_row(row: Sequence[Any]) -> Job:
         started=row[13],
         finished=row[14],
         deadline=row[15],
+        reply_to=row[16],
+        reply_id=row[17],
     )
+
+
+@dataclass(frozen=True)
+class Drain:
+    """A drained workshop (DRAIN): its CREATEs are refused until RESUME."""
+
+    workshop: str
+    """A workshop's name, or '*' (ALL_WORKSHOPS, wodmail.queue.drains): every workshop."""
+    since: float
+    by: str
+    """Who drained it: the job and how its command was trusted, or the command line's user."""
+
+    def refusal(self, workshop: str) -> str:
+        """The 451's text for a CREATE for `workshop` while this drain holds."""
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
+        every = " with every workshop (DRAIN all)" if self.workshop == "*" else ""
+        return (
+            f"{workshop} is drained{every} since {since} by {self.by}: no CREATE for it is taken until"
+            " RESUME; try again later"
+        )
 
 
 OUTBOX_COLUMNS = (

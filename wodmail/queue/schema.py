@@ -4,7 +4,9 @@ Each entry of MIGRATIONS takes the schema one version up; `open_database` applie
 file has not had yet, in one transaction. Version 1 is the schema every database made
 before versions existed already has (each statement `IF NOT EXISTS`), the signature
 nonces' table included (it used to be made inside every signed command's transaction).
-Version 3 adds the deadlines (jobs.deadline, outbox.expires) and the relay table.
+Version 3 adds the deadlines (jobs.deadline, outbox.expires) and the relay table. Version 4
+adds replies (jobs.reply_to, jobs.reply_id: wodmail.replies) and drained workshops. Version 5
+adds the commands dropped as copies (wodmail.queue.copies).
 """
 
 from __future__ import annotations
@@ -130,6 +132,34 @@ CREATE TABLE IF NOT EXISTS relay (
 );
 CREATE INDEX IF NOT EXISTS relay_pending ON relay (next_attempt, id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS relay_sent ON relay (sent) WHERE state = 'sent';
+    """,
+    # 4: where a command's reply goes and the relayed mail that carried it (wodmail.replies);
+    # the workshops whose CREATEs are refused until RESUME (wodmail.queue.drains)
+    """
+ALTER TABLE jobs ADD COLUMN reply_to TEXT;
+ALTER TABLE jobs ADD COLUMN reply_id INTEGER;
+CREATE INDEX IF NOT EXISTS jobs_reply_owed ON jobs (id) WHERE reply_to IS NOT NULL AND reply_id IS NULL;
+
+CREATE TABLE IF NOT EXISTS drains (
+    workshop    TEXT    PRIMARY KEY,
+    since       REAL    NOT NULL,
+    by          TEXT    NOT NULL
+);
+    """,
+    # 5: the commands dropped as copies of a job already taken (wodmail.queue.copies)
+    """
+CREATE TABLE IF NOT EXISTS copies (
+    id          INTEGER PRIMARY KEY,
+    job_id      INTEGER NOT NULL REFERENCES jobs (id),
+    received    REAL    NOT NULL,
+    door        TEXT    NOT NULL,
+    peer        TEXT,
+    sender      TEXT,
+    reason      TEXT    NOT NULL,
+    command     TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS copies_job ON copies (job_id, id);
+CREATE INDEX IF NOT EXISTS copies_received ON copies (received);
     """,
 )
 

@@ -12,6 +12,8 @@ from typing import Any
 from wodmail.appdeadline import activates, expired_callback, superseded
 from wodmail.command import Command
 from wodmail.inbound import InboundMail
+from wodmail.queue.copies import forget_copies, record_copy
+from wodmail.queue.drains import drained
 from wodmail.queue.records import Callback, Enqueued
 
 #: A job interrupted this many times (the daemon died while running it) is set aside.
@@ -33,21 +35,33 @@ def enqueue(
     *,
     deadline_after: float | None = None,
     supersedes: frozenset[str] = frozenset(),
+    reply_to: str | None = None,
+    drainable: bool = False,
 ) -> Callable[[sqlite3.Connection], Enqueued]:
     """Add `command`, unless it is a copy of one already taken (see `find_duplicate`).
 
     `deadline_after`: seconds after its arrival the job must be finished by (the app's
     deadline, wodmail.appdeadline). `supersedes`: the verbs whose queued jobs for the same
-    students this one cancels, in the same transaction."""
+    students this one cancels, in the same transaction. `reply_to`: where the job's reply
+    goes once it ended (wodmail.replies). `drainable`: its verb is refused while its
+    workshop is drained (wodmail.queue.drains): then nothing is queued, the mail is recorded
+    as refused (451) in this transaction, and `Enqueued.refused` says why."""
 
     def run(conn: sqlite3.Connection) -> Enqueued:
         duplicate = find_duplicate(conn, command)
         if duplicate is not None:
+            record_copy(conn, duplicate, command, mail)  # shown to operators, never run
             return Enqueued(duplicate, duplicate=True)
+        if drainable and command.workshop is not None:
+            drain = drained(conn, command.workshop)
+            if drain is not None:
+                reason = drain.refusal(command.workshop)
+                record_refusal(mail, 451, reason)(conn)
+                return Enqueued(0, duplicate=False, refused=reason)
         now = time.time()
         cursor = conn.execute(
             "INSERT INTO jobs (received, door, peer, sender, message_id, verb, stdid, last_stdid,"
-            " canonical, command, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " canonical, command, deadline, reply_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 now,
                 mail.door,
@@ -60,6 +74,7 @@ def enqueue(
                 command.canonical(),
                 command.to_json(),
                 now + deadline_after if deadline_after is not None else None,
+                reply_to,
             ),
         )
         assert cursor.lastrowid is not None
@@ -82,6 +97,8 @@ def find_duplicate(conn: sqlite3.Connection, command: Command) -> int | None:
         ).fetchone()
         if row:
             return int(row[0])
+    if command.operands is not None:
+        return None  # a command without a student (HELP, STATUS) is a copy only by its Message-ID
     row = conn.execute(
         "SELECT id, canonical, state FROM jobs WHERE stdid = ? ORDER BY id DESC LIMIT 1",
         (command.stdid,),
@@ -124,7 +141,8 @@ def record_refusal(mail: InboundMail, code: int, reason: str) -> Callable[[sqlit
 
 def prune(jobs_before: float, refused_before: float) -> Callable[[sqlite3.Connection], tuple[int, int]]:
     """Forget (up to PRUNE_BATCH) done jobs finished before `jobs_before` whose callbacks
-    were all delivered, with their steps and callbacks, and the mails refused before
+    were all delivered, with their steps, callbacks and copies (and every copy that came
+    before `jobs_before`), and the mails refused before
     `refused_before`. Failed and held jobs, and a done job with a callback still pending or
     set aside, stay for an operator. Returns (jobs, refused mails) removed: call again
     while it removes a full batch of jobs."""
@@ -142,6 +160,7 @@ def prune(jobs_before: float, refused_before: float) -> Callable[[sqlite3.Connec
         conn.executemany("DELETE FROM steps WHERE job_id = ?", ids)
         conn.executemany("DELETE FROM outbox WHERE job_id = ?", ids)
         conn.executemany("UPDATE signature_nonces SET job_id = NULL WHERE job_id = ?", ids)
+        forget_copies(conn, ids, jobs_before)
         conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
         conn.execute("DELETE FROM relay WHERE state = 'sent' AND sent < ?", (jobs_before,))
         refused = conn.execute("DELETE FROM refused WHERE received < ?", (refused_before,)).rowcount
