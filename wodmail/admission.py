@@ -225,6 +225,8 @@ class Listener(asyncio.AbstractServer):
         self._connecting: set[asyncio.Task[None]] = set()
         self._accepting = [self._loop.create_task(self._accept(sock), name=f"{name}-accept") for sock in sockets]
         self._closed = asyncio.Event()
+        self.accepted = 0
+        """Connections accepted (wodmail.metrics)."""
 
     @classmethod
     async def start(
@@ -282,6 +284,7 @@ class Listener(asyncio.AbstractServer):
                 else:  # ECONNABORTED and the like: that one connection is gone
                     self._summary.note(logging.INFO, "accept-error", "%s: accept failed: %s", self._name, exc)
                 continue
+            self.accepted += 1
             task = self._loop.create_task(self._connect(_Accepted.wrap(connection, _address)))
             self._connecting.add(task)
             task.add_done_callback(self._connecting.discard)

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wodmail import queue
 from wodmail.admin import AdminDoor
@@ -44,6 +45,9 @@ from wodmail.peers import HostPeers
 from wodmail.smtp import SmtpLimits, SmtpSecurity, start_smtp_server
 from wodmail.trust import shared_host_warnings
 from wodmail.wiring import check_settings
+
+if TYPE_CHECKING:
+    from wodmail.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +164,31 @@ def queue_status(db_path: Path) -> str:
     return f"{shown}; {callbacks.get('pending', 0)} callbacks waiting{relaying}"
 
 
+async def start_metrics(
+    location: Location, db_path: Path, intake: CommandIntake, servers: list[Listener], budget: ConnectionBudget
+) -> MetricsServer | None:
+    """The metrics and the status page on METRICSPORT (wodmail.metrics). A port that cannot
+    be listened on is logged, and the doors serve mail without them."""
+    from wodmail.metrics import MetricsServer  # prometheus-client and http.server: only when asked
+
+    listeners = dict(zip(("smtp", "legacy"), servers, strict=False))
+    metrics = MetricsServer(location, db_path, intake.figures, listeners, budget)
+    try:
+        await metrics.start()
+    except OSError as exc:
+        await metrics.stop()
+        log.error(
+            "cannot serve the metrics on %s:%s (%s): serving mail without them",
+            location.metrics.host,
+            location.metrics.port,
+            exc,
+        )
+        return None
+    for host, port in metrics.addresses:
+        log.info("metrics and status page on http://%s:%s/", host, port)
+    return metrics
+
+
 def remove_half_made(state_dir: Path) -> None:
     """Remove what a crash (or a power cut) left half-made in STATEDIR, under the lock, before
     anything else runs: the temporary files of a password key being made. (The hooks' run
@@ -194,6 +223,7 @@ async def _serve(
     supervisor: asyncio.Task[None] | None = None
     servers: list[Listener] = []
     legacy_server = None
+    metrics = None
     admin = AdminDoor(intake, location.state_dir, location.max_message_size)
     admin_started = False
     try:
@@ -225,6 +255,8 @@ async def _serve(
         for server in servers:
             for sock in server.sockets:
                 log.info("listening on %s:%s", *sock.getsockname()[:2])
+        if location.metrics.port is not None:
+            metrics = await start_metrics(location, db_path, intake, servers, budget)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -248,6 +280,8 @@ async def _serve(
             await drain(legacy_server)
         if admin_started:
             await admin.drain()
+        if metrics is not None:
+            await metrics.stop()
         await jobs.stop(STOP_GRACE + 10)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)

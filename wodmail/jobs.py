@@ -34,10 +34,13 @@ from wodmail import faults, queue
 from wodmail.backoff import backoff
 from wodmail.erase import DIR_FLAGS, erase_contents
 from wodmail.errors import TryLater
+from wodmail.figures import JobFigures
 from wodmail.location import Location
 from wodmail.outbox import Outbox
 from wodmail.passwords import PasswordMint
 from wodmail.relay import MailRelay
+from wodmail.replies import Replier
+from wodmail.reports import Desk
 from wodmail.transport import HttpClient
 from wodmail.verbspec import shipped_verbs
 from wodmail.wiring import build_services
@@ -89,11 +92,20 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
     client = HttpClient(max_per_origin=32, timeout=30.0, connect_timeout=10.0)
     try:
         services, app = build_services(location, client, directory)
+        services.queue_desk = Desk(location, db_path, writer, shipped_verbs())
         clear_hook_runs(services.playbooks.run_dir)
+        replier: Replier | None = None
+
+        def job_ended() -> None:
+            if replier is not None:
+                replier.wake()
+
         outbox = None
         if app is not None:
             outbox = Outbox(db_path, writer, app, mint, backoff_cap=location.jobs.callback_backoff_max)
             faults.quiesce.append(outbox)
+        # Counted only when the metrics are served (METRICSPORT): wodmail.figures.
+        figures = JobFigures.resume(location.state_dir) if location.metrics.port is not None else None
         worker = Worker(
             db_path,
             writer,
@@ -104,6 +116,8 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
             retry_for=location.jobs.retry_for,
             backoff_cap=location.jobs.retry_backoff_max,
             on_callbacks=outbox.wake if outbox is not None else None,
+            on_end=job_ended,
+            figures=figures,
         )
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -117,6 +131,8 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
                 worker.wake()
                 if relay is not None:
                     relay.wake()
+                if replier is not None:
+                    replier.wake()  # a CLEANUP may have cancelled a CREATE owed a reply
             elif not stop.is_set():
                 # The doors' process is gone without a word: die as it did (the kernel's
                 # PDEATHSIG will say the same); the queue tells the next daemon where we were.
@@ -134,9 +150,13 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
         tasks = [asyncio.create_task(worker.run(), name="worker")]
         if relay is not None:
             tasks.append(asyncio.create_task(relay.run(), name="relay"))
+            replier = Replier(db_path, writer, location, relay.wake)
+            tasks.append(asyncio.create_task(replier.run(), name="replies"))
         tasks.append(asyncio.create_task(keep_tidy(writer, location), name="retention"))
         if outbox is not None:
             tasks.append(asyncio.create_task(outbox.run(), name="outbox"))
+        if figures is not None:
+            tasks.append(asyncio.create_task(figures.publish_every(location.state_dir), name="figures"))
         log.info("jobs process ready (%d workers); %s", location.workers, services.homes.describe())
         if why := services.homes.not_durable():
             log.warning("steps are recorded after a flush, but %s", why)
@@ -164,6 +184,9 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
             await asyncio.gather(*tasks, return_exceptions=True)
             if relay is not None:
                 relay.close()
+            if replier is not None:
+                replier.close()
+            services.desk().close()
             if outbox is not None:
                 outbox.close()
             if directory is not None:

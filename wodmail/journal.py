@@ -35,7 +35,8 @@ class JobRun:
     in order. A crash before it only means doing those steps again: each converges.
 
     `on_callbacks` is called once callbacks are queued (it wakes the outbox); `flush_disk`
-    flushes the homes' filesystem (wodmail.homes.Homes.durable).
+    flushes the homes' filesystem (wodmail.homes.Homes.durable); `on_step(verb, step,
+    seconds)` is told how long each step that ran took (wodmail.figures).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class JobRun:
         flush_disk: Callable[[], Awaitable[None]] | None = None,
         *,
         callbacks_enabled: bool = True,
+        on_step: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.job = job
         self.command = job.command
@@ -57,6 +59,7 @@ class JobRun:
         self._on_callbacks = on_callbacks
         self._flush_disk = flush_disk
         self._callbacks_enabled = callbacks_enabled
+        self._on_step = on_step
         self._unflushed: list[asyncio.Future[None]] = []
         self._held: list[Callable[[sqlite3.Connection], None]] = []
         self._disk_written = False
@@ -85,6 +88,8 @@ class JobRun:
                 queue.step_failed(self.job.id, name, started, f"internal error: {type(exc).__name__}: {exc}")
             )
             raise
+        if self._on_step is not None:
+            self._on_step(self.command.verb, name, time.time() - started)
         await crash_point(self.command, name, "done")
         self._done[name] = result
         write = queue.step_done(self.job.id, self.command.stdid, name, started, result)

@@ -220,6 +220,15 @@ RELAYHOST: Key[tuple[str, int] | None] = _key(
 )
 RELAYBACKOFFMAX: Key[float] = _key("RELAYBACKOFFMAX", _SECONDS, 300.0, "longest wait between two tries of a mail")
 
+# --- metrics and the status page (wodmail.metrics, wodmail.statuspage) ----------------------
+METRICSPORT: Key[int | None] = _key(
+    "METRICSPORT", Integer(0, 65535), None, "Prometheus metrics and the status page; absent: off"
+)
+METRICSHOST: Key[str] = _key("METRICSHOST", text, "127.0.0.1", "the address the metrics port binds to")
+METRICSTOKEN: Key[str | None] = _key(
+    "METRICSTOKEN", text, None, "a bearer token that lets anyone in (without: root and wodmail's user on loopback)"
+)
+
 # --- LDAP (wodmail.location.ldap) -----------------------------------------------------------
 LDAPURI: Key[str | None] = _key(
     "LDAPURI", Url(("ldap://", "ldaps://", "ldapi://")), None, "the LDAP server; absent: no LDAP"

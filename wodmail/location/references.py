@@ -17,7 +17,7 @@ from pathlib import Path
 from wodmail.errors import ConfigError
 from wodmail.location.reading import LiteralText, path_beside
 
-SECRET_KEYS = frozenset({"APIPWD", "JPHUBTOKEN", "LDAPBINDPW", "SIGNINGKEYS", "VAULTPWD"})
+SECRET_KEYS = frozenset({"APIPWD", "JPHUBTOKEN", "LDAPBINDPW", "METRICSTOKEN", "SIGNINGKEYS", "VAULTPWD"})
 """Keys whose values are never handed to templates."""
 
 # The original backend's secrets (wodmail.location.original): kept from templates and logs too.

@@ -29,6 +29,8 @@ SIGNING_KEYS_MAX = 2
 """SIGNINGKEYS: the current key, and the next one during a rotation."""
 SIGNING_KEY_MIN_LENGTH = 32
 """Characters a signing key has at least."""
+METRICS_TOKEN_MIN_LENGTH = 16
+"""Characters METRICSTOKEN has at least."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,17 @@ class RelaySettings:
     @property
     def where(self) -> str:
         return f"[{self.host}]:{self.port}" if self.host and ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """METRICSPORT: Prometheus metrics and the status page (wodmail.metrics); `port` None: off.
+    Root and wodmail's user (LOCALPEERUSERS) may ask from loopback; anyone with `token`
+    (METRICSTOKEN) as a bearer token."""
+
+    port: int | None = None
+    host: str = key_table.METRICSHOST.standard
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,8 @@ class Location:
     """Retries, backoff and the jobs process's priority (wodmail.jobs, wodmail.worker)."""
     relay: RelaySettings = field(default_factory=RelaySettings)
     """Where the app's mails for people go, if anywhere (wodmail.relay)."""
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    """METRICSPORT: metrics and the status page, and who may read them (wodmail.metrics)."""
     homes: HomeSettings
     """Who owns a home, and its mode (wodmail.homes)."""
     deployment: DeploySettings = field(default_factory=DeploySettings)
@@ -421,6 +436,7 @@ def build(path: Path, revealed: Revealed, original: OriginalSettings | None = No
             app_deadline=checked[key_table.APPDEADLINE],
         ),
         relay=_relay_settings(checked),
+        metrics=_metrics_settings(checked, smtp_port, legacy_port),
         homes=homes,
         deployment=DeploySettings(
             copy_steps=checked[key_table.COPYSTEPS],
@@ -506,6 +522,19 @@ def _relay_settings(checked: Checked) -> RelaySettings:
     if relay_host is None:
         return RelaySettings(backoff_max=backoff_max)
     return RelaySettings(relay_host[0], relay_host[1], backoff_max)
+
+
+def _metrics_settings(checked: Checked, smtp_port: int, legacy_port: int | None) -> MetricsSettings:
+    port, token = checked[key_table.METRICSPORT], checked[key_table.METRICSTOKEN]
+    if port and port in (smtp_port, legacy_port):
+        checked.fail(key_table.METRICSPORT, f"the metrics port cannot share a door's port {port}")
+    if token is not None and len(token) < METRICS_TOKEN_MIN_LENGTH:
+        checked.fail(
+            key_table.METRICSTOKEN,
+            f"{len(token)} characters: a token needs at least {METRICS_TOKEN_MIN_LENGTH}"
+            " (make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')",
+        )
+    return MetricsSettings(port, checked[key_table.METRICSHOST], token)
 
 
 def _signing_keys(checked: Checked) -> tuple[str, ...]:
