@@ -19,7 +19,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -36,6 +35,7 @@ from wodmail.notebooks import completion_percentage
 from wodmail.rendering import escape_for_json_string, is_already_escaped, template_environments
 from wodmail.resources import product_path
 from wodmail.scriptcompiling import compile_scripts, install_compiled, scripts_to_compile
+from wodmail.transport import HttpClient
 from wodmail.wiring import build_services
 from wodmail.workshop import Renderer
 
@@ -483,7 +483,7 @@ def test_private_templating_tasks_run_before_and_after_the_deployment(site: Site
     command = Command(verb="CREATE", stdid=7, last_stdid=7, customer="c7", workshop="WKSHP-Copy")
 
     async def deploy() -> str:
-        async with httpx.AsyncClient() as client:
+        async with HttpClient() as client:
             services, _ = build_services(location, client)
             try:
                 await services.homes.reset(7)

@@ -1,7 +1,7 @@
 """wodmail's HTTP client against servers that misbehave, and the outbox's answer to them.
 
 Every answer a broken or hostile server can give is either read correctly or turned into a
-clear httpx transport error, which the adapters make a TransientError: the outbox keeps the
+clear transport error (wodmail.httpanswer), which the adapters make a TransientError: the outbox keeps the
 callback and tries again later with backoff. Nothing escapes, nothing unsafe is sent.
 """
 
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import Site
@@ -23,6 +22,7 @@ from tests.standins import RegistrationApp as AppStandin
 from wodmail import callbacks, queue
 from wodmail.command import parse_command
 from wodmail.errors import ConfigError, StepFailed, TransientError
+from wodmail.httpanswer import ConnectError, ReadTimeout, RedirectRefused, RemoteProtocolError, TransportError
 from wodmail.hub import Hub
 from wodmail.inbound import InboundMail
 from wodmail.location import load_location
@@ -30,7 +30,7 @@ from wodmail.outbox import Outbox
 from wodmail.passwords import PasswordMint
 from wodmail.queue import Callback
 from wodmail.regapp import RegistrationApp
-from wodmail.transport import HttpClient, RedirectRefused, UnsafeRequest
+from wodmail.transport import HttpClient, UnsafeRequest
 
 BODY = b'{"ok": true}'
 
@@ -90,6 +90,35 @@ async def test_odd_but_valid_answers_are_read_correctly(case: str) -> None:
             assert server.connections == 1  # 1xx and chunks did not cost the kept connection
 
 
+async def test_an_answer_gives_its_fields_without_regard_to_case_and_its_text_in_its_charset() -> None:
+    text = "Grüße, 5 € to pay".encode("iso-8859-15")
+    head = (
+        b'HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset="ISO-8859-15"\r\n'
+        b"Retry-After: 3\r\nX-Seen: one\r\nx-seen: two\r\nContent-Length: %d\r\n\r\n" % len(text)
+    )
+    plain_utf8 = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\n\xc3\xa9\xff!"
+    routes = {b"GET /hub ": [head + text], b"GET /again ": [plain_utf8], b"GET /third ": [ok_json(b"not json")]}
+    with MisbehavingServer([], routes=routes) as server:
+        client = HttpClient(timeout=5.0)
+        try:
+            answer = await client.get(f"{server.url}/hub")
+            second = await client.get(f"{server.url}/again")
+            third = await client.get(f"{server.url}/third")
+        finally:
+            await client.aclose()
+    assert (answer.status_code, answer.content) == (429, text)
+    assert answer.headers.get("retry-after") == answer.headers["RETRY-AFTER"] == "3"
+    assert answer.headers.get("X-SEEN") == "one, two" and answer.headers.get_list("x-seen") == ["one", "two"]
+    assert "content-length" not in answer.headers and answer.headers.get("Nope", "") == ""  # wire framing left out
+    assert sorted(answer.headers) == ["content-type", "retry-after", "x-seen"]
+    assert answer.text == "Grüße, 5 € to pay"
+    with pytest.raises(ValueError):
+        answer.json()
+    assert second.text == "é\ufffd!"  # no charset: UTF-8, an undecodable byte replaced
+    with pytest.raises(ValueError):
+        third.json()
+
+
 # -- answers that are errors -------------------------------------------------------------------
 
 HEAD = b"HTTP/1.1 200 OK\r\n"
@@ -125,7 +154,7 @@ async def test_malformed_answers_are_clear_transport_errors(case: str) -> None:
         client = HttpClient(timeout=5.0)
         try:
             began = time.monotonic()
-            with pytest.raises(httpx.TransportError) as caught:
+            with pytest.raises(TransportError) as caught:
                 await client.request("PUT", f"{server.url}/api/customer/1", json={"active": "true"})
             assert time.monotonic() - began < 4  # an error at once, not a time-out
         finally:
@@ -141,7 +170,7 @@ async def test_a_dripping_server_cannot_hold_a_call_past_its_deadline() -> None:
         client = HttpClient(timeout=1.0)
         try:
             began = time.monotonic()
-            with pytest.raises(httpx.ReadTimeout) as caught:
+            with pytest.raises(ReadTimeout) as caught:
                 await client.request("PUT", f"{server.url}/api/customer/1", json={"active": "true"})
             assert 0.9 < time.monotonic() - began < 3
             assert "no complete answer to PUT" in str(caught.value)
@@ -156,7 +185,7 @@ async def test_a_huge_body_is_not_read_past_the_limit() -> None:
             client = HttpClient(timeout=5.0, max_body=1000)
             try:
                 for url in (server.url, undeclared.url):
-                    with pytest.raises(httpx.RemoteProtocolError, match="byte limit"):
+                    with pytest.raises(RemoteProtocolError, match="byte limit"):
                         await client.get(url + "/api/workshops")
             finally:
                 await client.aclose()
@@ -393,7 +422,7 @@ async def test_tls_certificates_are_verified_by_default(certificate: tuple[Path,
     try:
         client = HttpClient(timeout=5.0)
         try:
-            with pytest.raises(httpx.ConnectError, match="not trusted"):
+            with pytest.raises(ConnectError, match="not trusted"):
                 await client.get(url)
         finally:
             await client.aclose()

@@ -20,7 +20,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
 
 from tests.conftest import Daemon, Site, free_port
@@ -29,6 +28,7 @@ from tests.standins import JupyterHubStandin
 from wodmail.errors import ConfigError, TransientError
 from wodmail.hub import Hub
 from wodmail.location import load_location
+from wodmail.transport import HttpClient
 
 START = "start JupyterHub server"
 STOP = "stop JupyterHub server"
@@ -253,7 +253,7 @@ def test_a_pending_stop_is_followed_until_stopped(
 
 async def test_a_start_during_a_pending_stop_waits_for_the_stop(throttled_hub: RealJupyterHub) -> None:
     name = "student35"
-    async with httpx.AsyncClient() as client:
+    async with HttpClient() as client:
         hub = Hub(throttled_hub.url, throttled_hub.token, client)
         assert (await hub.start(name)).startswith("ready after pending")
         throttled_hub.set_stop_delay(1.0, name)
@@ -320,7 +320,7 @@ async def test_throttling_longer_than_hubthrottlewait_is_transient(throttled_hub
         throttled_hub.set_spawn_delay(30.0, name)
         assert throttled_hub.api("POST", f"/users/{name}/server").status_code == 202
     try:
-        async with httpx.AsyncClient() as client:
+        async with HttpClient() as client:
             hub = Hub(throttled_hub.url, throttled_hub.token, client, throttle_wait=1.5)
             began = time.monotonic()
             with pytest.raises(TransientError) as caught:
@@ -339,7 +339,7 @@ async def test_throttling_longer_than_hubthrottlewait_is_transient(throttled_hub
 
 async def test_a_hub_that_is_not_there_is_transient_and_the_token_never_shows() -> None:
     token = "a-secret-hub-token-1234"
-    async with httpx.AsyncClient() as client:
+    async with HttpClient() as client:
         hub = Hub(f"http://127.0.0.1:{free_port()}", token, client)
         for call in (hub.start, hub.stop):
             with pytest.raises(TransientError) as caught:
@@ -349,7 +349,7 @@ async def test_a_hub_that_is_not_there_is_transient_and_the_token_never_shows() 
 
 async def test_hub_keys_are_checked(site: Site) -> None:
     site.values.update(JPHUBAPISRV="http://127.0.0.1:1", JPHUBTOKEN="t")
-    client = httpx.AsyncClient()
+    client = HttpClient()
     for key, value, reason in [
         ("HUBSPAWNTIMEOUT", "soon", "expected a number of seconds"),
         ("HUBSPAWNTIMEOUT", 0, "must be at least"),
@@ -374,7 +374,7 @@ async def test_older_hub_answers_to_stop() -> None:
     with JupyterHubStandin(users=["student1", "student2"]) as standin:
         standin.stop_not_running_status = 400  # "student1 is not running" (JupyterHub < 1.0)
         standin.spawn_delay = 0.5
-        async with httpx.AsyncClient() as client:
+        async with HttpClient() as client:
             hub = Hub(standin.url, standin.token, client)
             assert await hub.stop("student1") == "not running"
             assert await hub.stop("nobody") == "not running (no such hub user)"

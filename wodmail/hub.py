@@ -39,10 +39,9 @@ import time
 import urllib.parse
 from typing import Any
 
-import httpx
-
 from wodmail.backoff import backoff
 from wodmail.errors import ConfigError, StepFailed, TransientError
+from wodmail.httpanswer import HttpAnswer, TransportError
 from wodmail.location import HubSettings, Location
 from wodmail.regapp import describe
 from wodmail.transport import Requester, UnsafeRequest, check_header_value
@@ -127,8 +126,8 @@ class Hub:
         return _with_notes(outcome, notes)
 
     async def _after_pending(
-        self, name: str, method: str, path: str, response: httpx.Response, notes: list[str]
-    ) -> httpx.Response:
+        self, name: str, method: str, path: str, response: HttpAnswer, notes: list[str]
+    ) -> HttpAnswer:
         """`response` again, once a 400 "pending ..." it was has ended (followed, then asked again)."""
         if response.status_code != 400 or "pending" not in _message(response):
             return response
@@ -218,7 +217,7 @@ class Hub:
         path = f"{_server_path(name)}/progress"
         try:
             response = await self._client.get(f"{self.url}/hub/api{path}", headers=self._headers, timeout=5.0)
-        except httpx.HTTPError:
+        except TransportError:
             return "the spawn failed (see the hub's log)"
         if response.status_code == 200:
             for line in response.text.splitlines():
@@ -234,7 +233,7 @@ class Hub:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    async def _send(self, method: str, path: str, notes: list[str]) -> httpx.Response:
+    async def _send(self, method: str, path: str, notes: list[str]) -> HttpAnswer:
         """One API call; 429 answers are waited out (Retry-After, else backoff) up to throttle_wait."""
         waited = 0.0
         throttled = 0
@@ -258,13 +257,13 @@ class Hub:
             await asyncio.sleep(delay)
             waited += delay
 
-    async def _call(self, method: str, path: str) -> httpx.Response:
+    async def _call(self, method: str, path: str) -> HttpAnswer:
         try:
             return await self._client.request(method, f"{self.url}/hub/api{path}", headers=self._headers)
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             raise TransientError(self._scrub(f"cannot reach JupyterHub at {self.url}: {describe(exc)}")) from None
 
-    def _error(self, what: str, name: str, response: httpx.Response) -> Exception:
+    def _error(self, what: str, name: str, response: HttpAnswer) -> Exception:
         status = response.status_code
         hub_says = _message(response)
         message = f"JupyterHub could not {what} {name}: answered {status}" + (f" ({hub_says})" if hub_says else "")
@@ -297,7 +296,7 @@ def _server_state(model: dict[str, Any]) -> str:
     return "ready" if model.get("server") else "stopped"
 
 
-def _message(response: httpx.Response) -> str:
+def _message(response: HttpAnswer) -> str:
     """The hub's own explanation of an answer (its JSON "message"), short and on one line."""
     try:
         data = response.json()
@@ -316,7 +315,7 @@ def _pending_word(message: str) -> str:
     return word or "spawn"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: HttpAnswer) -> float | None:
     value = response.headers.get("Retry-After", "").strip()
     try:
         seconds = float(value)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
-
 from wodmail.errors import AppRefused, StepFailed, TransientError
+from wodmail.httpanswer import HttpAnswer, TransportError
 from wodmail.transport import Requester, UnsafeRequest, check_header_value
 
 
@@ -41,7 +40,7 @@ class RegistrationApp:
                 response = await self._client.post(
                     f"{self.endpoint}/login", json={"username": self._username, "password": self._password}
                 )
-            except httpx.HTTPError as exc:
+            except TransportError as exc:
                 raise TransientError(f"cannot reach the registration app at {self.endpoint}: {describe(exc)}") from None
             if response.status_code != 200:
                 raise TransientError(f"login to the registration app answered {response.status_code}")
@@ -62,7 +61,7 @@ class RegistrationApp:
             self.logins += 1
             return token
 
-    async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> HttpAnswer:
         """One call with the session token; logs in again once on 401."""
         what = f"{method} {path}"
         token = self._token or await self._login(None)
@@ -71,7 +70,7 @@ class RegistrationApp:
                 response = await self._client.request(
                     method, f"{self.endpoint}{path}", json=body, headers={"x-access-token": token}
                 )
-            except httpx.HTTPError as exc:
+            except TransportError as exc:
                 raise TransientError(f"{what}: {describe(exc)}") from None
             if response.status_code != 401:
                 break
@@ -94,7 +93,7 @@ class RegistrationApp:
         return [item for item in data if isinstance(item, dict)]
 
 
-def describe(exc: httpx.HTTPError) -> str:
-    """An httpx error without anything secret in it (no request bodies or headers)."""
+def describe(exc: TransportError) -> str:
+    """A transport error without anything secret in it (no request bodies or headers)."""
     kind = type(exc).__name__
     return f"{kind}" + (f" ({exc})" if str(exc) and "token" not in str(exc).lower() else "")

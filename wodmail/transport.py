@@ -1,11 +1,11 @@
-"""HTTP for wodmail's adapters: aiohttp's client, answered as httpx responses and errors.
+"""HTTP for wodmail's adapters: aiohttp's client, answered with wodmail's own answers and errors.
 
 wodmail talks to two HTTP servers, the registration app and JupyterHub, with small JSON
 requests, thousands of them in a burst. The adapters see one narrow interface
-(`Requester`: httpx.AsyncClient's `request`/`get`/`post`, returning an `httpx.Response` and
-raising httpx's exceptions), so a test can hand them an `httpx.AsyncClient` as well.
-In the daemon the requests go through `HttpClient`: aiohttp's connection pool and its
-llhttp parser, which read what the server sends; wodmail parses no HTTP of its own.
+(`Requester`: `request`/`get`/`post`, returning an `HttpAnswer` and raising a
+`TransportError`, both from wodmail.httpanswer). The requests go through `HttpClient`:
+aiohttp's connection pool and its llhttp parser, which read what the server sends; wodmail
+parses no HTTP of its own.
 
 aiohttp was chosen by measurement (user+system CPU of the client process per PUT with a
 JSON body, 5,000 requests, 16 at once, keep-alive, against a local server in another
@@ -21,12 +21,13 @@ What this layer adds on top of aiohttp:
   token would go with it.
 - TLS certificates are verified (the system's CA store, or the context given).
 - One deadline for the whole exchange, connection, redirects and body included, so a
-  server dripping its answer a byte at a time cannot hold a call (`httpx.ReadTimeout`).
+  server dripping its answer a byte at a time cannot hold a call (`ReadTimeout`).
 - The body is read up to MAX_BODY_BYTES.
-- Every failure of the exchange is an `httpx.TransportError` (the adapters turn it into a
+- Every failure of the exchange is a `TransportError` (the adapters turn it into a
   `TransientError`, retried with backoff): a malformed answer (a 1xx taken as final would
   be one, a bad status line, conflicting Content-Length, chunked framing errors, header
-  lines over aiohttp's limit) is `httpx.RemoteProtocolError`.
+  lines over aiohttp's limit) is `RemoteProtocolError`.
+- The answer is an `HttpAnswer` around what aiohttp parsed: no second parse of its head.
 - Idle connections are kept KEEPALIVE seconds, under the 5 s after which Node.js (the
   registration app) closes them, so a kept connection is rarely found closed.
 """
@@ -39,9 +40,17 @@ import re
 import ssl
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
-
 from wodmail.errors import StepFailed
+from wodmail.httpanswer import (
+    ConnectError,
+    ConnectTimeout,
+    HttpAnswer,
+    ReadError,
+    ReadTimeout,
+    RedirectRefused,
+    RemoteProtocolError,
+    TransportError,
+)
 
 if TYPE_CHECKING:  # imported where used: the doors' process, which sends no HTTP, never loads them
     import aiohttp
@@ -51,17 +60,11 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_REDIRECTS = 5
 KEEPALIVE = 4.0
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
-#: Headers that describe the body as it came over the wire; the body handed on is decoded.
-_WIRE_HEADERS = frozenset({b"content-encoding", b"transfer-encoding", b"content-length"})
 
 
 class UnsafeRequest(StepFailed):
     """A request that would carry a control character (CR, LF, ...) in its method, URL or a
     header: refused before sending; sending it again would not help."""
-
-
-class RedirectRefused(httpx.RequestError):
-    """The server redirected to another host (or too often): not followed."""
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -122,8 +125,8 @@ def _redirect_method(method: str, status: int) -> str:
 
 
 class HttpClient:
-    """httpx-style requests sent with aiohttp: a keep-alive pool of at most `max_per_origin`
-    connections per origin, a `timeout` for each whole call, TLS verified."""
+    """Requests sent with aiohttp: a keep-alive pool of at most `max_per_origin` connections
+    per origin, a `timeout` for each whole call, TLS verified. `async with` closes it."""
 
     def __init__(
         self,
@@ -161,8 +164,8 @@ class HttpClient:
 
     async def request(
         self, method: str, url: str, *, json: Any = None, headers: Any = None, timeout: Any = None
-    ) -> httpx.Response:
-        """Send one request; follow same-host redirects; the whole answer, or an httpx error."""
+    ) -> HttpAnswer:
+        """Send one request; follow same-host redirects; the whole answer, or a TransportError."""
         import aiohttp
         from yarl import URL
 
@@ -179,10 +182,8 @@ class HttpClient:
                 return await self._exchange(session, method, URL(url), fields, body)
         except TimeoutError as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                raise httpx.ConnectTimeout(
-                    f"no connection to {_origin(URL(url))} in {self._connect_timeout:g} s"
-                ) from None
-            raise httpx.ReadTimeout(f"no complete answer to {method} {_shown(url)} in {deadline:g} s") from None
+                raise ConnectTimeout(f"no connection to {_origin(URL(url))} in {self._connect_timeout:g} s") from None
+            raise ReadTimeout(f"no complete answer to {method} {_shown(url)} in {deadline:g} s") from None
         except aiohttp.ClientError as exc:
             raise _translated(exc, URL(url)) from None
 
@@ -193,7 +194,7 @@ class HttpClient:
         url: URL,
         headers: dict[str, str],
         body: bytes | None,
-    ) -> httpx.Response:
+    ) -> HttpAnswer:
         from yarl import URL
 
         for _hop in range(MAX_REDIRECTS + 1):
@@ -201,9 +202,9 @@ class HttpClient:
                 content = await _read_body(answer, self._max_body)
                 status = answer.status
                 location = answer.headers.get("Location") if status in REDIRECTS else None
-                raw = [(name, value) for name, value in answer.raw_headers if name.lower() not in _WIRE_HEADERS]
+                raw = answer.raw_headers
             if location is None:
-                return httpx.Response(status, headers=raw, content=content)
+                return HttpAnswer(status, raw, content)
             target = url.join(URL(location))
             if not _same_host(url, target):
                 raise RedirectRefused(
@@ -217,35 +218,44 @@ class HttpClient:
             method, url = new_method, target
         raise RedirectRefused(f"more than {MAX_REDIRECTS} redirects from {_origin(url)}")
 
-    async def get(self, url: str, *, headers: Any = None, timeout: Any = None) -> httpx.Response:
+    async def get(self, url: str, *, headers: Any = None, timeout: Any = None) -> HttpAnswer:
+        """`request("GET", ...)`."""
         return await self.request("GET", url, headers=headers, timeout=timeout)
 
-    async def post(self, url: str, *, json: Any = None, headers: Any = None, timeout: Any = None) -> httpx.Response:
+    async def post(self, url: str, *, json: Any = None, headers: Any = None, timeout: Any = None) -> HttpAnswer:
+        """`request("POST", ...)`."""
         return await self.request("POST", url, json=json, headers=headers, timeout=timeout)
 
     async def aclose(self) -> None:
+        """Close the pool's connections."""
         if self._session is not None:
             await self._session.close()
             self._session = None
 
+    async def __aenter__(self) -> HttpClient:
+        return self
 
-def _translated(exc: aiohttp.ClientError, url: URL) -> httpx.TransportError:
-    """aiohttp's error as the httpx error that says the same, in one line naming the server."""
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+
+def _translated(exc: aiohttp.ClientError, url: URL) -> TransportError:
+    """aiohttp's error as the transport error that says the same, in one line naming the server."""
     import aiohttp
 
     origin = _origin(url)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         verify = getattr(exc.certificate_error, "verify_message", "") or exc.certificate_error
-        return httpx.ConnectError(f"the TLS certificate of {origin} is not trusted: {verify}")
+        return ConnectError(f"the TLS certificate of {origin} is not trusted: {verify}")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(f"cannot connect to {origin}: {exc.strerror or type(exc.os_error).__name__}")
+        return ConnectError(f"cannot connect to {origin}: {exc.strerror or type(exc.os_error).__name__}")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return httpx.RemoteProtocolError(f"{origin} closed the connection before a complete answer")
+        return RemoteProtocolError(f"{origin} closed the connection before a complete answer")
     if isinstance(exc, aiohttp.ClientResponseError):  # the answer's head did not parse
-        return httpx.RemoteProtocolError(f"malformed answer from {origin}: {_one_line(exc.message)}")
+        return RemoteProtocolError(f"malformed answer from {origin}: {_one_line(exc.message)}")
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return httpx.RemoteProtocolError(f"malformed body from {origin}: {_one_line(exc)}")
-    return httpx.ReadError(f"{type(exc).__name__} from {origin}: {_one_line(exc)}")
+        return RemoteProtocolError(f"malformed body from {origin}: {_one_line(exc)}")
+    return ReadError(f"{type(exc).__name__} from {origin}: {_one_line(exc)}")
 
 
 def _one_line(text: object) -> str:
@@ -254,24 +264,24 @@ def _one_line(text: object) -> str:
 
 async def _read_body(answer: aiohttp.ClientResponse, limit: int) -> bytes:
     if answer.content_length is not None and answer.content_length > limit:
-        raise httpx.RemoteProtocolError(f"answer body of {answer.content_length} bytes is over the {limit} byte limit")
+        raise RemoteProtocolError(f"answer body of {answer.content_length} bytes is over the {limit} byte limit")
     chunks: list[bytes] = []
     total = 0
     async for chunk in answer.content.iter_any():
         total += len(chunk)
         if total > limit:
-            raise httpx.RemoteProtocolError(f"answer body over the {limit} byte limit")
+            raise RemoteProtocolError(f"answer body over the {limit} byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 class Requester(Protocol):
-    """The part of httpx.AsyncClient's API that wodmail's adapters use."""
+    """What wodmail's adapters send their requests through (`HttpClient`)."""
 
     async def request(
         self, method: str, url: str, *, json: Any = None, headers: Any = None, timeout: Any = None
-    ) -> httpx.Response: ...
+    ) -> HttpAnswer: ...
 
-    async def get(self, url: str, *, headers: Any = None, timeout: Any = None) -> httpx.Response: ...
+    async def get(self, url: str, *, headers: Any = None, timeout: Any = None) -> HttpAnswer: ...
 
-    async def post(self, url: str, *, json: Any = None, headers: Any = None, timeout: Any = None) -> httpx.Response: ...
+    async def post(self, url: str, *, json: Any = None, headers: Any = None, timeout: Any = None) -> HttpAnswer: ...

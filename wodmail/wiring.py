@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import httpx
-
 from wodmail.accounts import Accounts
 from wodmail.homes import Homes
 from wodmail.hub import Hub
@@ -17,7 +15,7 @@ from wodmail.location import Location
 from wodmail.playbooks import Playbooks
 from wodmail.regapp import RegistrationApp
 from wodmail.services import Directory, Services
-from wodmail.transport import Requester
+from wodmail.transport import HttpClient, Requester
 from wodmail.workshop import Renderer
 
 
@@ -54,7 +52,7 @@ async def check_settings(location: Location) -> None:
         from wodmail.directory import LdapDirectory  # imports ldap3: only where there is LDAP
 
         await LdapDirectory.from_location(location).aclose()
-    async with httpx.AsyncClient() as client:
+    async with HttpClient() as client:  # opens no connection: the services are only built
         services, _ = build_services(location, client)
     services.homes.check()
     if services.accounts is not None:
