@@ -22,7 +22,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from wodmail.compiled import CompiledWorkshop
 from wodmail.errors import StepFailed
 from wodmail.identity import Identity, acting_as
-from wodmail.notebooks import completion_percentage
+from wodmail.notebooks import _count_code_cells, _count_code_cells_slowly, completion_percentage
 from wodmail.rendering import render_context
 from wodmail.resources import product_path
 from wodmail.workshop import Renderer, content_name
@@ -469,6 +469,28 @@ def test_completion_percentage_counts_executed_code_cells() -> None:
     assert completion_percentage(deployed, notebooks[:1]) == 100
     assert completion_percentage(deployed, notebooks[3:]) == 0
     assert completion_percentage(deployed, []) == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"cells": [{"cell_type": "code", "execution_count": 1}, {"cell_type": "code", "execution_count": null}]}',
+        '{"cells": [{"cell_type": "code", "execution_count": 2, "outputs": [{"execution_count": null}]}]}',
+        '{"cells": [{"cell_type": "markdown"}, {"cell_type": "code"}, {"source": ["x"]}]}',
+        '{"cells": [1, "code", null, {"cell_type": "code", "execution_count": 0}]}',  # not all objects
+        '{"cells": [{"cell_type": ["code"], "execution_count": 1}]}',  # a type that is not a string
+        '{"cells": {"cell_type": "code"}}',  # cells not a list: the text is counted
+        '{"metadata": {}, "nbformat": 4}',  # no cells
+        '{"cells": [], "cells": [{"cell_type": "code", "execution_count": 1}]}',  # the last one counts
+        '{"cells": [{"cell_type": "code", "execution_count": 1}], "cells": 7}',
+        '{"cells": [{"cell_type": "code", "execution_count": NaN}]}',  # only Python's json takes NaN
+        '[{"cell_type": "code"}]',
+        '{"cells": [{"cell_type": "code", "execution_count": 1}',  # cut short
+        '{"a": ' + "[" * 5000 + "]" * 5000 + ', "cells": [{"cell_type": "code", "execution_count": 1}]}',
+    ],
+)
+def test_the_fast_completion_count_agrees_with_pythons_json(text: str) -> None:
+    assert _count_code_cells(text, text.encode()) == _count_code_cells_slowly(text)
 
 
 def test_completion_percentage_does_not_follow_symlinks(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+import msgspec
+
 from wodmail.erase import DIR_FLAGS
 from wodmail.safefs import read_regular_beneath
 
@@ -96,8 +98,8 @@ def completion_at(parent_fd: int, leaf: str, notebooks: Iterable[Path], *, who: 
         except UnicodeDecodeError:
             skipped.append(Path(notebook).as_posix())
             continue
+        ran, cells = _count_code_cells(text, data)
         del data
-        ran, cells = _count_code_cells(text)
         executed += ran
         total += cells
     if skipped:
@@ -111,18 +113,50 @@ def completion_at(parent_fd: int, leaf: str, notebooks: Iterable[Path], *, who: 
     return executed * 100 // total if total else 0
 
 
-def _count_code_cells(text: str) -> tuple[int, int]:
-    """(executed, all) code cells of a notebook's text.
+class _Cell(msgspec.Struct):
+    """What the count reads of a cell; its other fields are skipped by the parser."""
+
+    cell_type: object = None
+    execution_count: object = None
+
+
+class _Notebook(msgspec.Struct):
+    cells: list[_Cell]
+
+
+#: Decodes a well-formed notebook into its cells' two fields only: 15 times faster than
+#: `json.loads` building every cell's source and outputs (0.36 ms a 19 KB notebook), which
+#: was a quarter of a CLEANUP's CPU.
+_decode_notebook = msgspec.json.Decoder(_Notebook).decode
+
+
+def _count_code_cells(text: str, data: bytes) -> tuple[int, int]:
+    """(executed, all) code cells of a notebook's text (`data` is the same, as UTF-8 bytes).
 
     A text with more than MAX_NOTEBOOK_CONTAINERS objects and arrays is not parsed (a
     student's 16 MiB of `[{},{},...]` would take 400 MB and hold the GIL for a second), nor
-    is one nested too deep for the parser: their code cells count as not executed."""
-    document = None
-    if text.count("{") + text.count("[") <= MAX_NOTEBOOK_CONTAINERS:
-        try:
-            document = json.loads(text)
-        except (ValueError, RecursionError):
-            document = None
+    is one nested too deep for the parser: their code cells count as not executed.
+    A notebook shaped as nbformat writes it takes the fast path; any other (a cell that is
+    not an object, no cells, JSON that only Python's parser takes) is read by `json` with
+    the same result it always gave."""
+    if text.count("{") + text.count("[") > MAX_NOTEBOOK_CONTAINERS:
+        return 0, len(_CODE_CELL_RE.findall(text))
+    try:
+        cells = _decode_notebook(data).cells
+    except RecursionError:
+        return 0, len(_CODE_CELL_RE.findall(text))
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _count_code_cells_slowly(text)
+    code = [c for c in cells if c.cell_type == "code"]
+    return sum(1 for c in code if c.execution_count is not None), len(code)
+
+
+def _count_code_cells_slowly(text: str) -> tuple[int, int]:
+    """`_count_code_cells` through Python's `json`, for notebooks of unusual shape."""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        document = None
     cells = document.get("cells") if isinstance(document, dict) else None
     if not isinstance(cells, list):
         return 0, len(_CODE_CELL_RE.findall(text))
