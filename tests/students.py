@@ -119,8 +119,11 @@ def remove_accounts(stdids: Iterable[int]) -> None:
 
 
 def remove_stale_folders() -> None:
-    """Folders a crashed earlier run left under /var/tmp (`rm -rf` copes with any depth)."""
-    for folder in Path("/var/tmp").glob(FOLDER_PREFIX + "*"):
+    """Folders a crashed earlier run left under /var/tmp (`rm -rf` copes with any depth), and
+    the RAM disks mounted there (hosts first, then what holds their images)."""
+    for folder in sorted(Path("/var/tmp").glob(FOLDER_PREFIX + "*"), key=lambda path: DISK_PREFIX in path.name):
+        if os.path.ismount(folder):
+            subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
         subprocess.run(["rm", "-rf", "--one-file-system", str(folder)], check=False)
 
 
@@ -401,13 +404,56 @@ def entries_under(folder: Path) -> int:
 
 # --- the host: STUDENTDIR, skeleton, catalog, canaries --------------------------------------------
 
+DISK_PREFIX = "disk-"
+
+
+class RamDisk:
+    """ext4 on a loop device over an image in a tmpfs of its own, mounted on `mount`: the file
+    system of the host's root, without this machine's virtual disk under it. There a mkdir
+    takes 0.6 ms and a new file 1.1 ms (60 and 46 us here), so that the million names, the
+    deep trees and the attacks' pads spent most of the hostile-student tests' time in the disk.
+    The image's memory is given back when the disk is removed."""
+
+    def __init__(self, mount: Path, size_gib: int = 6) -> None:
+        self.mount = mount
+        self.backing = Path(tempfile.mkdtemp(dir="/var/tmp", prefix=FOLDER_PREFIX + DISK_PREFIX))
+        image = self.backing / "ext4.img"
+        try:
+            run_root("mount", "-t", "tmpfs", "-o", f"size={size_gib + 1}g,mode=0700", "wodmail-test", self.backing)
+            with open(image, "wb") as sparse:
+                sparse.truncate(size_gib << 30)
+            # A new image reads as zeros: nothing to initialise, nothing to discard.
+            run_root("mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", image)
+            run_root("mount", "-o", "loop,noinit_itable", image, mount)
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Unmount both (lazily if something still holds them); the loop device goes with them."""
+        for folder in (self.mount, self.backing):
+            if not os.path.ismount(folder):
+                continue
+            if subprocess.run(["umount", folder], capture_output=True, check=False).returncode != 0:
+                subprocess.run(["umount", "-l", folder], capture_output=True, check=False)
+        shutil.rmtree(self.backing, ignore_errors=True)
+
+
+def run_root(*argv: str | Path) -> None:
+    """A root-only command the tests need; its failure fails the test with what it said."""
+    done = subprocess.run([str(arg) for arg in argv], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"{argv[0]} failed ({done.returncode}): {(done.stdout + done.stderr)[-2000:]}")
+
 
 class Host:
     """A Jupyter host's folders for one test, under a root-owned 0755 folder in /var/tmp
-    (tmp_path's /tmp/pytest-of-root is 0700: no student could reach a home there)."""
+    (tmp_path's /tmp/pytest-of-root is 0700: no student could reach a home there); with
+    `ram_disk`, that folder is a RamDisk of its own."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, ram_disk: bool = False) -> None:
         self.root = Path(tempfile.mkdtemp(dir="/var/tmp", prefix=FOLDER_PREFIX))
+        self.disk = RamDisk(self.root) if ram_disk else None
         self.root.chmod(0o755)
         self.started = self.root / "started"  # its ctime: when the test began
         self.started.touch()
@@ -484,6 +530,8 @@ class Host:
         }
 
     def remove(self) -> None:
+        if self.disk is not None:
+            self.disk.remove()  # and everything on it with it
         subprocess.run(["rm", "-rf", "--one-file-system", str(self.root)], check=False)
 
 
