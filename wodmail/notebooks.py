@@ -124,9 +124,9 @@ class _Notebook(msgspec.Struct):
     cells: list[_Cell]
 
 
-#: Decodes a well-formed notebook into its cells' two fields only: 15 times faster than
-#: `json.loads` building every cell's source and outputs (0.36 ms a 19 KB notebook), which
-#: was a quarter of a CLEANUP's CPU.
+#: Decodes a well-formed notebook into its cells' two fields only, skipping the sources and
+#: outputs `json.loads` would build: 0.016 ms for a 19 KB notebook where json.loads takes
+#: 0.057 ms (measured on a quiet core), and no memory for what is skipped.
 _decode_notebook = msgspec.json.Decoder(_Notebook).decode
 
 
