@@ -28,6 +28,7 @@ import yaml
 from tests.standins import JupyterHubStandin, RegistrationApp
 
 if TYPE_CHECKING:
+    from tests.postfix import Postfix
     from tests.slapd import Slapd
     from wodmail.directory import LdapDirectory
 
@@ -292,3 +293,15 @@ def with_app(site: Site, app: RegistrationApp) -> None:
 
 def with_hub(site: Site, hub: JupyterHubStandin) -> None:
     site.values.update(JPHUBAPISRV=hub.url, JPHUBTOKEN=hub.token)
+
+
+@pytest.fixture(scope="module")
+def postfix() -> Iterator[Postfix]:
+    """A real Postfix for the module (tests/postfix.py): the relay's MTA, where replies land."""
+    from tests.postfix import Postfix as RealPostfix
+
+    server = RealPostfix().start()
+    try:
+        yield server
+    finally:
+        server.remove()

@@ -17,7 +17,6 @@ import pwd
 import smtplib
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
@@ -47,15 +46,6 @@ if TYPE_CHECKING:
 
 KEY = "test-people-signing-key-0123456789abcdef012345"
 ADMIN = "admin@example.org"
-
-
-@pytest.fixture(scope="module")
-def postfix() -> Iterator[Postfix]:
-    server = Postfix().start()
-    try:
-        yield server
-    finally:
-        server.remove()
 
 
 def people_site(site: Site, postfix: Postfix) -> Location:

@@ -111,15 +111,6 @@ def body_of(message: Message) -> str:
     return payload.decode("utf-8")
 
 
-@pytest.fixture(scope="module")
-def postfix() -> Iterator[Postfix]:
-    server = Postfix().start()
-    try:
-        yield server
-    finally:
-        server.remove()
-
-
 @pytest.fixture
 def relaying(site: Site, postfix: Postfix) -> Iterator[Daemon]:
     """The daemon with RELAYHOST at the Postfix; the app is 127.0.0.1 on both doors."""

@@ -411,6 +411,7 @@ def _size(path: Path) -> int | None:
 
 
 def _entries(folder: Path) -> int:
+    """Names under `folder`, SKELDIR: a folder of the operator's, not a student's home."""
     return sum(len(names) + len(dirs) for _, dirs, names in os.walk(folder))
 
 
