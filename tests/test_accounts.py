@@ -35,9 +35,10 @@ from cryptography.hazmat.primitives import serialization
 from tests.conftest import Daemon, Site, same_secret
 from tests.jupyterhub import RealJupyterHub
 from tests.standins import RegistrationApp
-from wodmail.accounts import Accounts, hash_password, lock_holder, system_scheme
+from wodmail.accounts import Accounts
 from wodmail.errors import ConfigError, StepFailed, TransientError
 from wodmail.location import AccountSettings, load_location
+from wodmail.shadow import hash_password, lock_holder, system_scheme
 
 #: The GECOS field of every account these tests make; wodmail's own mark on those it makes.
 MARK = "wodmail accounts test"
@@ -140,7 +141,7 @@ def expect_hash(name: str, password: str, matches: bool = True) -> None:
 def expect_nowhere(password: str, *places: str | bytes) -> None:
     """`password` is in none of `places` (which are never shown)."""
     for number, place in enumerate(places):
-        found = (password.encode() if isinstance(place, bytes) else password) in place
+        found = password.encode() in place if isinstance(place, bytes) else password in place
         if found:
             pytest.fail(f"a password was found in place {number} of {len(places)}", pytrace=False)
 

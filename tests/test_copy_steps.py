@@ -24,11 +24,11 @@ import yaml
 
 from tests.conftest import Daemon, Site, with_app, wodmail
 from tests.standins import RegistrationApp
-from wodmail.accounts import acl_xattr
 from wodmail.command import Command
 from wodmail.compiling import PRIVATE_TEMPLATED, TEMPLATED
 from wodmail.copysteps import COPY_STEP_NAMES, CopySteps, workspace_document
 from wodmail.errors import StepFailed
+from wodmail.homeaccess import acl_xattr
 from wodmail.location import keys as key_table
 from wodmail.location import load_location
 from wodmail.notebooks import completion_percentage
@@ -179,7 +179,7 @@ def acl_of(path: Path, kind: str = "access") -> dict[tuple[int, int], int]:
 
 
 def test_the_admin_acl_of_the_home_reaches_every_deployed_file(tmp_path: Path) -> None:
-    # HOMEACL (wodmail.accounts) gives the home the admin's entry, access and default: every
+    # HOMEACL (wodmail.homeaccess) gives the home the admin's entry, access and default: every
     # file and folder a deployment makes inherits it; the mask follows each file's mode.
     content = copy_workshop(tmp_path / "catalog")
     home = tmp_path / "student12"

@@ -28,341 +28,44 @@ of a RESET) student{N}'s shadow entry gets the new one, with ACCOUNTS: unix:
   `useradd` run by an admin), the step fails at once as transient, naming the holder, and the
   job is retried with backoff: it never waits inside the single writer and holds up the others.
 
-On every erase of a home (wodmail.services.reset_home), when the location asks, as the
-home's owner (wodmail.homes.work_in_home): HOMEACL entries (`u:wodadmin:rwx`) become the access
-and default ACL of the home and what the skeleton put in it, as the platform this replaces gave
-its admin user; and ACCOUNTSSHKEY makes a fresh key pair in ~/.ssh (id_ed25519, id_ecdsa or
-id_rsa, as ssh-keygen names them), generated in this process by `cryptography`.
-
-The hash's cost: the passwords wodmail makes are 16 random letters and digits (95 bits, see
-wodmail.passwords). A hash's cost protects guessable passwords; against 2^95 guesses it adds
-nothing, and it is paid on every change and every login. So the default cost is the scheme's
-lowest (yescrypt 1: 1.5 ms here; sha512 1000 rounds: 0.6 ms); ACCOUNTHASHCOST sets another.
+The hash, /etc/passwd and the shadow lock are wodmail.shadow's; the ACL and the key pair a
+fresh home gets are wodmail.homeaccess's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import ctypes
-import ctypes.util
-import errno
-import fcntl
 import functools
 import grp
 import logging
 import os
-import pwd
-import re
 import secrets
 import shutil
 import socket
-import stat
-import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from wodmail.erase import DIR_FLAGS
 from wodmail.errors import ConfigError, StepFailed, TransientError
-from wodmail.location import AccountSettings, AclEntry, Location, login_defs
-from wodmail.safefs import write_new_file
+from wodmail.homeaccess import KeyPair, acl_id, apply_acl, install_key_pair, new_key_pair
+from wodmail.location import AccountSettings, Location
+from wodmail.shadow import (
+    CHEAPEST,
+    TOOL_PATH,
+    Entry,
+    PasswdFile,
+    hash_password,
+    hashers,
+    run_tool,
+    system_scheme,
+    wait_for_lock,
+)
 
 log = logging.getLogger(__name__)
 
-#: The PATH of the tools wodmail runs (and the only variable, with LC_ALL, they inherit).
-TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-CHILD_ENV = {"PATH": TOOL_PATH, "LC_ALL": "C"}
-PASSWD_FILE = Path("/etc/passwd")
-#: glibc's lckpwdf() lock (fcntl) and shadow-utils' own lock file.
-PWD_LOCK = Path("/etc/.pwd.lock")
-SHADOW_LOCK = Path("/etc/shadow.lock")
-#: Seconds a change waits for another process's shadow lock before its step is retried later.
-LOCK_WAIT = 2.0
 #: Most lines one chpasswd run takes.
 BATCH_MAX = 1000
-#: Seconds a chpasswd or useradd run may take (lckpwdf itself gives up after 15 s).
-TOOL_TIMEOUT = 60.0
-#: The schemes' crypt(5) prefixes and their cheapest cost (see the module's docstring).
-PREFIXES = {"yescrypt": b"$y$", "sha512": b"$6$"}
-CHEAPEST = {"yescrypt": 1, "sha512": 1000}
-_HASH_RE = re.compile(r"\$(y|6)\$[./0-9A-Za-z$=]{8,200}")
-_PAM_FILES = ("/etc/pam.d/common-password", "/etc/pam.d/system-auth", "/etc/pam.d/password-auth")
-
-# --------------------------------------------------------------------------- hashing
-
-
-@functools.cache
-def _hashers() -> concurrent.futures.ThreadPoolExecutor:
-    """The threads that hash passwords, one per core: a burst's hundreds of hashes queue
-    here, not in the event loop's default executor, where the homes' syncfs and the
-    completion's reads would wait behind them."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="wodmail-hash")
-
-
-@functools.cache
-def _libcrypt() -> ctypes.CDLL:
-    """libcrypt (libxcrypt), with the prototypes of the two calls wodmail makes."""
-    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1", use_errno=True)
-    lib.crypt_gensalt_rn.restype = ctypes.c_char_p
-    lib.crypt_gensalt_rn.argtypes = [
-        ctypes.c_char_p,
-        ctypes.c_ulong,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-    ]
-    lib.crypt_rn.restype = ctypes.c_char_p
-    lib.crypt_rn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
-    return lib
-
-
-def system_scheme(pam_files: Iterable[str] = _PAM_FILES, defs: dict[str, str] | None = None) -> str:
-    """The scheme this host's passwords are hashed with: pam_unix's option in the PAM password
-    stack, else ENCRYPT_METHOD of /etc/login.defs, else yescrypt."""
-    for file in pam_files:
-        try:
-            lines = Path(file).read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            words = line.split("#", 1)[0].split()
-            if not words or words[0] != "password":
-                continue
-            # password CONTROL MODULE OPTIONS..., CONTROL maybe "[success=1 default=ignore]"
-            module = next((i for i, word in enumerate(words) if word.endswith("pam_unix.so")), None)
-            if module is not None:
-                options = set(words[module + 1 :])
-                if "yescrypt" in options:
-                    return "yescrypt"
-                if "sha512" in options:
-                    return "sha512"
-    method = (defs if defs is not None else login_defs()).get("ENCRYPT_METHOD", "").upper()
-    if method == "SHA512":
-        return "sha512"
-    return "yescrypt"
-
-
-def hash_password(password: str, scheme: str, cost: int | None = None) -> str:
-    """A crypt(5) hash of `password` with a fresh random salt (libcrypt, in this process)."""
-    prefix = PREFIXES[scheme]
-    lib = _libcrypt()
-    setting = ctypes.create_string_buffer(256)
-    entropy = secrets.token_bytes(16)
-    made = lib.crypt_gensalt_rn(prefix, cost or CHEAPEST[scheme], entropy, len(entropy), setting, len(setting))
-    if not made:
-        raise StepFailed(f"libcrypt cannot make a {scheme} salt: {os.strerror(ctypes.get_errno())}")
-    data = ctypes.create_string_buffer(32768)  # struct crypt_data
-    result = lib.crypt_rn(password.encode(), setting.value, data, len(data))
-    if not result or result.startswith(b"*"):
-        raise StepFailed(f"libcrypt cannot hash with {scheme}")
-    text: str = bytes(result).decode("ascii")
-    ctypes.memset(data, 0, len(data))
-    if not _HASH_RE.fullmatch(text):  # never a colon or a newline: one line of chpasswd's input
-        raise StepFailed(f"libcrypt made a {scheme} hash wodmail does not expect")
-    return text
-
-
-# --------------------------------------------------------------------------- /etc/passwd
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One line of /etc/passwd."""
-
-    name: str
-    uid: int
-    gid: int
-    gecos: str
-    home: str
-    shell: str
-
-
-class PasswdFile:
-    """/etc/passwd, read again only when it changed (inode, size, mtime)."""
-
-    def __init__(self, path: Path = PASSWD_FILE) -> None:
-        self.path = path
-        self._stamp: tuple[int, int, int] | None = None
-        self._entries: dict[str, Entry] = {}
-
-    def entries(self) -> dict[str, Entry]:
-        st = os.stat(self.path)
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if stamp != self._stamp:
-            entries: dict[str, Entry] = {}
-            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-                fields = line.split(":")
-                if len(fields) != 7 or not fields[2].isdigit() or not fields[3].isdigit():
-                    continue  # a comment, a NIS "+" line, a malformed line: not an account we use
-                name, _, uid, gid, gecos, home, shell = fields
-                entries.setdefault(name, Entry(name, int(uid), int(gid), gecos, home, shell))
-            self._entries, self._stamp = entries, stamp
-        return self._entries
-
-    def get(self, name: str) -> Entry | None:
-        return self.entries().get(name)
-
-
-# --------------------------------------------------------------------------- the shadow lock
-
-
-def lock_holder(lock: Path = PWD_LOCK, lock_file: Path = SHADOW_LOCK) -> int | None:
-    """The pid of another process that holds the shadow lock now (lckpwdf's fcntl lock on
-    /etc/.pwd.lock, or shadow-utils' /etc/shadow.lock of a live process), else None."""
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        fd = -1
-    if fd >= 0:
-        try:
-            probe = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0) + b"\0" * 4
-            answer = fcntl.fcntl(fd, fcntl.F_GETLK, probe)
-            kind, _whence, _start, _length, pid = struct.unpack("hhqqi", answer[: struct.calcsize("hhqqi")])
-            if kind != fcntl.F_UNLCK:
-                return pid if pid > 0 else -1
-        finally:
-            os.close(fd)
-    try:
-        pid = int(lock_file.read_text().strip() or "0")
-    except (OSError, ValueError):
-        return None
-    if pid > 0:
-        try:
-            os.kill(pid, 0)
-            return pid
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-    return None
-
-
-# --------------------------------------------------------------------------- ACLs
-
-_ACL_VERSION = 2
-_USER_OBJ, _USER, _GROUP_OBJ, _GROUP, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-_UNDEFINED = 0xFFFFFFFF
-
-
-def acl_xattr(mode: int, named: Iterable[tuple[str, int, int]]) -> bytes:
-    """The system.posix_acl_* value for `mode` plus named entries (("u"|"g", id, perms)); the
-    mask is the union of the group class, as setfacl computes it."""
-    users = sorted((ident, perms) for kind, ident, perms in named if kind == "u")
-    groups = sorted((ident, perms) for kind, ident, perms in named if kind == "g")
-    group_obj = (mode >> 3) & 7
-    mask = group_obj
-    for _, perms in users + groups:
-        mask |= perms
-    entries = [(_USER_OBJ, (mode >> 6) & 7, _UNDEFINED)]
-    entries += [(_USER, perms, ident) for ident, perms in users]
-    entries += [(_GROUP_OBJ, group_obj, _UNDEFINED)]
-    entries += [(_GROUP, perms, ident) for ident, perms in groups]
-    entries += [(_MASK, mask, _UNDEFINED), (_OTHER, mode & 7, _UNDEFINED)]
-    return struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
-
-
-def _set_acl(path: str, mode: int, named: list[tuple[str, int, int]], folder: bool) -> None:
-    try:
-        os.setxattr(path, "system.posix_acl_access", acl_xattr(mode, named))
-        if folder:
-            os.setxattr(path, "system.posix_acl_default", acl_xattr(mode, named))
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise StepFailed("the homes' filesystem does not support ACLs (HOMEACL)") from None
-        raise
-
-
-def apply_acl(home: int, named: list[tuple[str, int, int]], limit: int = 100_000) -> int:
-    """Give `named` entries on the open home folder and everything in it (no link followed:
-    every name is opened O_PATH|O_NOFOLLOW and changed through /proc/self/fd). Runs as the
-    home's owner. Returns how many entries were changed."""
-    count = 0
-    pending = [os.dup(home)]
-    try:
-        while pending:
-            folder = pending.pop()
-            try:
-                _set_acl(f"/proc/self/fd/{folder}", stat.S_IMODE(os.fstat(folder).st_mode), named, True)
-                count += 1
-                for name in os.listdir(folder):
-                    if count >= limit:
-                        raise StepFailed(f"more than {limit} entries in a fresh home: HOMEACL not applied to all")
-                    try:
-                        handle = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
-                    except FileNotFoundError:
-                        continue
-                    try:
-                        st = os.fstat(handle)
-                        if stat.S_ISDIR(st.st_mode):
-                            with contextlib.suppress(PermissionError):  # a folder the owner closed to itself
-                                pending.append(os.open(name, DIR_FLAGS, dir_fd=folder))
-                        elif stat.S_ISREG(st.st_mode):
-                            _set_acl(f"/proc/self/fd/{handle}", stat.S_IMODE(st.st_mode), named, False)
-                            count += 1
-                    finally:
-                        os.close(handle)
-            finally:
-                os.close(folder)
-    finally:
-        for folder in pending:
-            os.close(folder)
-    return count
-
-
-# --------------------------------------------------------------------------- ssh keys
-
-
-@dataclass(frozen=True, repr=False)
-class KeyPair:
-    """A key pair for a home: the file name (id_ed25519...), private and public parts."""
-
-    name: str
-    private: bytes
-    public: bytes
-
-
-def new_key_pair(kind: str, comment: str) -> KeyPair:
-    """A fresh key pair in OpenSSH's formats (unencrypted, as `ssh-keygen -N ''` makes it)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
-    key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-    if kind == "ed25519":
-        key = ed25519.Ed25519PrivateKey.generate()
-    elif kind == "ecdsa":
-        key = ec.generate_private_key(ec.SECP256R1())
-    elif kind == "rsa":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    else:
-        raise ValueError(f"no key type {kind}")
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return KeyPair(f"id_{kind}", private, public + b" " + comment.encode() + b"\n")
-
-
-def install_key_pair(home: int, pair: KeyPair) -> None:
-    """Put `pair` in the open home's .ssh (made 0700 if missing), replacing files of the same
-    name; runs as the home's owner, never through a link."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(".ssh", 0o700, dir_fd=home)
-    try:
-        folder = os.open(".ssh", DIR_FLAGS, dir_fd=home)
-    except OSError as exc:
-        raise StepFailed(f"~/.ssh is not a folder the student owns: {exc.strerror}") from None
-    try:
-        for name, data, mode in ((pair.name, pair.private, 0o600), (pair.name + ".pub", pair.public, 0o644)):
-            temporary = f".{name}.{secrets.token_hex(4)}"
-            write_new_file(folder, temporary, data, mode)
-            os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
-    finally:
-        os.close(folder)
-
 
 # --------------------------------------------------------------------------- the accounts
 
@@ -464,7 +167,7 @@ class Accounts:
         if self._acl_ids is None:
             found = []
             for entry in self.settings.home_acl:
-                found.append((entry.kind, _resolve(self.file, entry), entry.perms))
+                found.append((entry.kind, acl_id(self.file, entry), entry.perms))
             self._acl_ids = found
         return self._acl_ids
 
@@ -485,7 +188,7 @@ class Accounts:
         self._hashes_started += 1
         try:
             hashing = functools.partial(hash_password, password, self.scheme, self.settings.hash_cost)
-            hashed = await asyncio.get_running_loop().run_in_executor(_hashers(), hashing)
+            hashed = await asyncio.get_running_loop().run_in_executor(hashers(), hashing)
         finally:
             self._hashes_ended += 1
             if self._hash_ended is not None:
@@ -594,14 +297,14 @@ class Accounts:
             _settle(change.done, run)
 
     async def _chpasswd(self, batch: list[_Change]) -> None:
-        holder = await _wait_for_lock()
+        holder = await wait_for_lock()
         if holder is not None:
             who = f"pid {holder}" if holder > 0 else "another process"
             raise TransientError(f"/etc/shadow is locked by {who} (lckpwdf): the password is set when it is free")
         lines = "".join(f"{change.name}:{change.hashed}\n" for change in batch).encode("ascii")
         self.runs += 1
         self.lines += len(batch)
-        code, errors = await _run_tool(["chpasswd", "-e"], lines)
+        code, errors = await run_tool(["chpasswd", "-e"], lines)
         if code == 0:
             return
         for change in batch:
@@ -620,7 +323,7 @@ class Accounts:
             entry = self.passwd.get(name)
             if entry is not None:  # made meanwhile
                 return entry
-            holder = await _wait_for_lock()
+            holder = await wait_for_lock()
             if holder is not None:
                 raise TransientError(f"/etc/passwd is locked by pid {holder}: {name} is created when it is free")
             argv = [
@@ -648,7 +351,7 @@ class Accounts:
             if group is not None or settings.gid_base is not None:
                 if group is None:
                     assert settings.gid_base is not None
-                    code, errors = await _run_tool(["groupadd", "--gid", str(stdid + settings.gid_base), name])
+                    code, errors = await run_tool(["groupadd", "--gid", str(stdid + settings.gid_base), name])
                     if code != 0:
                         raise StepFailed(f"groupadd {name} failed (exit {code}): {errors}")
                     group = grp.getgrnam(name)
@@ -657,7 +360,7 @@ class Accounts:
                 argv += ["--gid", name]
             else:
                 argv += ["--user-group"]
-            code, errors = await _run_tool([*argv, name])
+            code, errors = await run_tool([*argv, name])
             if code != 0:
                 raise StepFailed(f"useradd {name} failed (exit {code}): {errors}")
             entry = self.passwd.get(name)
@@ -695,28 +398,6 @@ def _same_path(home: str, expected: Path) -> bool:
     return os.path.normpath(home) == str(expected) or os.path.realpath(home) == os.path.realpath(expected)
 
 
-def _resolve(file: object, entry: AclEntry) -> int:
-    if entry.name.isdigit():
-        return int(entry.name)
-    try:
-        if entry.kind == "u":
-            return pwd.getpwnam(entry.name).pw_uid
-        return grp.getgrnam(entry.name).gr_gid
-    except KeyError:
-        what = "user" if entry.kind == "u" else "group"
-        raise ConfigError(file, "HOMEACL", f"no {what} {entry.name} on this host") from None
-
-
-async def _wait_for_lock(bound: float = LOCK_WAIT) -> int | None:
-    """Wait up to `bound` seconds for the shadow lock to be free; the holder if it is not."""
-    deadline = time.monotonic() + bound
-    while True:
-        holder = lock_holder()
-        if holder is None or time.monotonic() >= deadline:
-            return holder
-        await asyncio.sleep(0.02)
-
-
 def _settle(future: asyncio.Future[str], outcome: str | BaseException) -> None:
     if future.done():
         return
@@ -730,30 +411,3 @@ def _settle(future: asyncio.Future[str], outcome: str | BaseException) -> None:
 def _seen(future: asyncio.Future[str]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-async def _run_tool(argv: list[str], stdin: bytes | None = None) -> tuple[int, str]:
-    """Run a shadow-utils tool by name from TOOL_PATH with CHILD_ENV; (exit code, its stderr
-    tail). Standard input is `stdin` (a pipe) or nothing."""
-    program = shutil.which(argv[0], path=TOOL_PATH)
-    if program is None:
-        raise StepFailed(f"{argv[0]} is not installed (in {TOOL_PATH})")
-    began = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        program,
-        *argv[1:],
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=CHILD_ENV,
-        cwd="/",
-    )
-    try:
-        _, errors = await asyncio.wait_for(process.communicate(stdin), timeout=TOOL_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise TransientError(f"{argv[0]} ran longer than {TOOL_TIMEOUT:.0f} s") from None
-    text = " ".join(errors.decode("utf-8", "replace").split())[-400:]
-    log.debug("%s exited %s in %.3f s", argv[0], process.returncode, time.monotonic() - began)
-    return process.returncode or 0, text
