@@ -431,7 +431,9 @@ def step_times(site: Site, verb: str) -> dict[str, dict[str, float]]:
     duration, and the wait before it (from the job's start or the end of the step before:
     the queue's writer, the disk flushes and the event loop in between), p50 and p95 in ms.
     The step that dominates is the one to look at first."""
-    with site.db() as conn:
+    # closing(): sqlite3's own `with` commits but leaves the connection (and its map of the
+    # WAL index) open, which kept the loop image's mount busy at the end of the run.
+    with contextlib.closing(site.db()) as conn:
         rows = conn.execute(
             "SELECT s.job_id, s.name, s.started, s.finished, j.started FROM steps s JOIN jobs j ON j.id = s.job_id"
             " WHERE j.verb = ? AND s.finished IS NOT NULL ORDER BY s.job_id, s.started",

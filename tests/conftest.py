@@ -199,6 +199,16 @@ class Daemon:
                 time.sleep(0.05)
         raise AssertionError(f"wodmail serve did not listen in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
+    def jobs_pid(self) -> int:
+        """The pid of its jobs process (a child of the daemon, `wodmail jobs-process`)."""
+        assert self.process is not None
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for child in children:
+            if b"jobs-process" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+        raise AssertionError(f"no jobs process among {children}")
+
     def wait_exit(self, timeout: float = 30.0) -> int:
         """Wait for the process to end by itself (a crash point, a signal); its exit status."""
         assert self.process is not None

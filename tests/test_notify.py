@@ -63,15 +63,6 @@ def systemd(tmp_path: Path) -> Iterator[SystemdStandin]:
     standin.close()
 
 
-def jobs_process_of(daemon: Daemon) -> int:
-    assert daemon.process is not None
-    children = Path(f"/proc/{daemon.process.pid}/task/{daemon.process.pid}/children").read_text().split()
-    for child in children:
-        if b"jobs-process" in Path(f"/proc/{child}/cmdline").read_bytes():
-            return int(child)
-    raise AssertionError(f"no jobs process among {children}")
-
-
 def test_ready_watchdog_status_and_stopping(site: Site, systemd: SystemdStandin) -> None:
     daemon = Daemon(site)
     env = {"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": str(int(WATCHDOG_SECONDS * 1e6))}
@@ -97,7 +88,7 @@ def test_ready_watchdog_status_and_stopping(site: Site, systemd: SystemdStandin)
             systemd.read(0.5)
 
         # The systemd variables reach no child: a hook could otherwise speak for the daemon.
-        jobs_pid = jobs_process_of(daemon)
+        jobs_pid = daemon.jobs_pid()
         environ = Path(f"/proc/{jobs_pid}/environ").read_bytes().split(b"\0")
         assert not [v for v in environ if v.startswith((b"NOTIFY_SOCKET=", b"WATCHDOG_"))]
 

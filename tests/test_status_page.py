@@ -194,6 +194,16 @@ def test_the_metrics_are_the_queues_figures(story: Story) -> None:
     assert connections["smtp"] >= 9 and "legacy" in connections
     assert samples["wodmail_queue_up"][()] == 1
 
+    # The jobs process's own figures, beside the doors' (process_*): it ran seven jobs.
+    jobs_pid = story.daemon.jobs_pid()
+    assert samples["wodmail_jobs_process_cpu_seconds_total"][()] > 0
+    assert samples["wodmail_jobs_process_resident_memory_bytes"][()] > 10 * 2**20
+    started_ticks = int(Path(f"/proc/{jobs_pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    boot_line = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    boot = float(boot_line.split()[1])
+    started = boot + started_ticks / os.sysconf("SC_CLK_TCK")
+    assert abs(samples["wodmail_jobs_process_start_time_seconds"][()] - started) < 1
+
 
 class _Ids(html.parser.HTMLParser):
     """The text of every element with an id, and all the page's text."""

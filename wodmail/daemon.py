@@ -165,14 +165,23 @@ def queue_status(db_path: Path) -> str:
 
 
 async def start_metrics(
-    location: Location, db_path: Path, intake: CommandIntake, servers: list[Listener], budget: ConnectionBudget
+    location: Location,
+    db_path: Path,
+    intake: CommandIntake,
+    servers: list[Listener],
+    budget: ConnectionBudget,
+    jobs: JobsProcess,
 ) -> MetricsServer | None:
     """The metrics and the status page on METRICSPORT (wodmail.metrics). A port that cannot
     be listened on is logged, and the doors serve mail without them."""
     from wodmail.metrics import MetricsServer  # prometheus-client and http.server: only when asked
 
     listeners = dict(zip(("smtp", "legacy"), servers, strict=False))
-    metrics = MetricsServer(location, db_path, intake.figures, listeners, budget)
+
+    def jobs_pid() -> int | None:
+        return jobs.process.pid if jobs.process is not None else None
+
+    metrics = MetricsServer(location, db_path, intake.figures, listeners, budget, jobs_pid)
     try:
         await metrics.start()
     except OSError as exc:
@@ -256,7 +265,7 @@ async def _serve(
             for sock in server.sockets:
                 log.info("listening on %s:%s", *sock.getsockname()[:2])
         if location.metrics.port is not None:
-            metrics = await start_metrics(location, db_path, intake, servers, budget)
+            metrics = await start_metrics(location, db_path, intake, servers, budget, jobs)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

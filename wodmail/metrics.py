@@ -315,8 +315,11 @@ class MetricsServer:
         door_figures: DoorFigures,
         listeners: Mapping[str, Listener],
         budget: ConnectionBudget,
+        jobs_pid: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.location = location
+        self.jobs_pid = jobs_pid
+        """The jobs process's pid now (it is restarted if it dies), None when none runs."""
         self.db_path = db_path
         self.door_figures = door_figures
         self.listeners = dict(listeners)
@@ -389,6 +392,10 @@ class MetricsServer:
         jobs = JobFigures.load(self.location.state_dir)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ProcessCollector(registry=None))
+        # The jobs process does most of the work (wodmail_jobs_process_cpu_seconds_total, its
+        # RSS, its descriptors): read from /proc like the doors' own. While none runs, the
+        # pid "-" names no process and the collector gives nothing.
+        registry.register(ProcessCollector(namespace="wodmail_jobs", pid=lambda: self.jobs_pid() or "-", registry=None))
         registry.register(_Families(metric_families(self.location, doors, jobs, status)))
         return generate_latest(registry)
 
