@@ -82,7 +82,12 @@ class Outbox:
         self._due: list[tuple[float, int, int]] = []
         """(next attempt, entry id, student) of line heads; stale items are skipped."""
         self._sending: dict[int, asyncio.Task[None]] = {}
-        """Student -> the delivery of its line's head."""
+        """Student -> the delivery of its line's head (its request, then its record)."""
+        self._requesting = 0
+        """Deliveries not yet past their request: at most `concurrency`. The record of an
+        outcome (a group commit, tens of ms while jobs write too) holds the student's line,
+        not a request slot: in a burst the slots would otherwise wait on the disk, and the
+        callbacks fall behind the jobs."""
         self._highest = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -147,13 +152,21 @@ class Outbox:
             heapq.heappush(self._due, (head.next_attempt, head.id, head.student))
 
     def _start_due(self, now: float) -> None:
-        while self._due and self._due[0][0] <= now and len(self._sending) < self._concurrency:
+        while self._due and self._due[0][0] <= now and self._requesting < self._concurrency:
             _when, entry_id, student = heapq.heappop(self._due)
             line = self._lines.get(student)
             if not line or line[0].id != entry_id or student in self._sending:
                 continue  # stale: that head was delivered, or replaced by an earlier entry
             self._idle.clear()
+            self._requesting += 1
             self._sending[student] = asyncio.create_task(self._deliver(line[0]), name=f"callback-{entry_id}")
+
+    def _requested(self, slot: list[bool]) -> None:
+        """The delivery holding `slot` is past its request (or sends none): its slot is free."""
+        if slot:
+            slot.clear()
+            self._requesting -= 1
+            self._wake.set()
 
     def _settled(self, entry: OutboxEntry, retry_at: float | None) -> None:
         """The head `entry` was delivered or set aside (`retry_at` None), or waits until then."""
@@ -178,16 +191,18 @@ class Outbox:
             body[entry.secret_field] = self._mint.password(entry.job_id, entry.secret_name)
         what = f"{entry.method} {entry.path}"
         retry_at: float | None = time.time() + 1.0
+        slot = [True]
         try:
             if entry.expires is not None and not await self._still_due(entry, what):
                 retry_at = None
                 return
-            retry_at = await self._send(entry, body, what)
+            retry_at = await self._send(entry, body, what, slot)
         except TryLater as exc:
             # The queue could not record the outcome (disk full, read-only STATEDIR): the
             # entry is still pending; it is sent again in a second.
             log.error("outbox: cannot record the delivery of %s: %s", what, exc)
         finally:
+            self._requested(slot)
             self._settled(entry, retry_at)
 
     async def _still_due(self, entry: OutboxEntry, what: str) -> bool:
@@ -211,11 +226,14 @@ class Outbox:
     def _backoff(self, attempt: int) -> float:
         return backoff(attempt, first=FIRST_BACKOFF, cap=self._backoff_cap, jitter=BACKOFF_JITTER)
 
-    async def _send(self, entry: OutboxEntry, body: dict[str, Any], what: str) -> float | None:
-        """One delivery try; its outcome is committed. Returns when to try again, or None
-        once the entry is delivered or set aside."""
+    async def _send(self, entry: OutboxEntry, body: dict[str, Any], what: str, slot: list[bool]) -> float | None:
+        """One delivery try; its outcome is committed (`slot` freed once the request is
+        answered). Returns when to try again, or None once the entry is delivered or set aside."""
         try:
-            await self._app.request(entry.method, entry.path, body)
+            try:
+                await self._app.request(entry.method, entry.path, body)
+            finally:
+                self._requested(slot)
         except TransientError as exc:
             retry_at = time.time() + self._backoff(entry.attempts + 1)
             log.info(
