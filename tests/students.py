@@ -86,15 +86,23 @@ class Student:
         return f"student{self.stdid}"
 
 
-def make_accounts(stdids: Iterable[int]) -> dict[int, Student]:
-    """Real unprivileged accounts student{N}, each with a group of its own and no home made."""
+def make_accounts(
+    stdids: Iterable[int],
+    *,
+    shell: str = "/usr/sbin/nologin",
+    homes: Path | None = None,
+    mark: str = ACCOUNT_MARK,
+) -> dict[int, Student]:
+    """Real unprivileged accounts student{N}, each with a group of its own and no home made
+    (its home homes/student{N}, or none); `mark` in the GECOS field says they are the tests'."""
     made: dict[int, Student] = {}
     for stdid in stdids:
         name = f"student{stdid}"
+        home = str(homes / name) if homes is not None else "/nonexistent"
         subprocess.run(
             [
-                *("useradd", "--no-create-home", "--user-group", "--home-dir", "/nonexistent"),
-                *("--shell", "/usr/sbin/nologin", "--comment", ACCOUNT_MARK, name),
+                *("useradd", "--no-create-home", "--user-group", "--home-dir", home),
+                *("--shell", shell, "--comment", mark, name),
             ],
             check=True,
             capture_output=True,
@@ -104,18 +112,20 @@ def make_accounts(stdids: Iterable[int]) -> dict[int, Student]:
     return made
 
 
-def remove_accounts(stdids: Iterable[int]) -> None:
-    """Remove the test accounts among student{N} (their processes first); refuse any other."""
+def remove_accounts(stdids: Iterable[int], mark: str = ACCOUNT_MARK) -> None:
+    """Remove the test accounts (GECOS `mark`) among student{N}, their processes first, and
+    their groups; refuse any other account."""
     for stdid in stdids:
         name = f"student{stdid}"
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
             continue
-        if entry.pw_gecos != ACCOUNT_MARK:
+        if entry.pw_gecos != mark:
             pytest.fail(f"{name} exists and is not a test account: refusing to touch it")
         end_processes([Student(stdid, entry.pw_uid, entry.pw_gid)])
         subprocess.run(["userdel", "--force", name], check=True, capture_output=True)
+        subprocess.run(["groupdel", name], check=False, capture_output=True)  # if userdel left it
 
 
 def remove_stale_folders() -> None:

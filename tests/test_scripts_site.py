@@ -13,10 +13,8 @@ are real (student7701..student7720), removed at the end.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -24,12 +22,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.conftest import Daemon, Site, free_port, same_secret
 from tests.standins import RegistrationApp
+from tests.students import make_accounts, remove_accounts
 from wodmail.errors import ConfigError
 from wodmail.location import load_location
 
@@ -44,7 +44,7 @@ MULTI_BASE = "127.0.0.21"  # student 7706: .21, 7707: .22, ...
 MARK = "wodmail scripts-site test"
 BASESTDID = 1000
 
-NOTEBOOK = {
+NOTEBOOK: dict[str, Any] = {
     "cells": [
         {
             "cell_type": "code",
@@ -113,48 +113,16 @@ class Accounts:
 
     def __init__(self, student_dir: Path) -> None:
         self.student_dir = student_dir
-        self.names = [f"student{stdid}" for stdid in range(FIRST, LAST + 1)]
+        self.stdids = range(FIRST, LAST + 1)
         self.remove()
         try:
-            for name in self.names:
-                subprocess.run(
-                    [
-                        *("useradd", "--no-create-home", "--user-group", "--shell", "/bin/bash"),
-                        *("--comment", MARK, "--home-dir", str(student_dir / name), name),
-                    ],
-                    check=True,
-                    capture_output=True,
-                )
+            make_accounts(self.stdids, shell="/bin/bash", homes=student_dir, mark=MARK)
         except BaseException:
             self.remove()
             raise
 
     def remove(self) -> None:
-        for name in self.names:
-            try:
-                entry = pwd.getpwnam(name)
-            except KeyError:
-                continue
-            if entry.pw_gecos != MARK:
-                pytest.fail(f"{name} exists and is not an account of these tests: refusing to touch it")
-            end_processes_of(entry.pw_uid)
-            subprocess.run(["userdel", "--force", name], check=True, capture_output=True)
-            subprocess.run(["groupdel", name], check=False, capture_output=True)
-
-
-def end_processes_of(uid: int) -> None:
-    """Kill, by pid, every process a test account still has (an appliance session, a script's)."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = Path(entry.path, "status").read_text()
-        except OSError:
-            continue
-        uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")), [])
-        if str(uid) in uids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+        remove_accounts(self.stdids, mark=MARK)
 
 
 @pytest.fixture(scope="module")
