@@ -510,8 +510,8 @@ def check_replies(site: Site, mails: list[InboundMail], replies: list[Reply], ou
 def test_the_intake_in_process(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     # Every refusal is to be found recorded below: lift the caps that bound their number
     # (tests/test_queue.py shows those).
-    monkeypatch.setattr("wodmail.queue.writes.REFUSED_PER_PEER", 1 << 30)
-    monkeypatch.setattr("wodmail.queue.writes.REFUSED_TOTAL", 1 << 30)
+    monkeypatch.setattr("wodmail.queue.arrivals.REFUSED_PER_PEER", 1 << 30)
+    monkeypatch.setattr("wodmail.queue.arrivals.REFUSED_TOTAL", 1 << 30)
     site.values["MAXMESSAGESIZE"] = 1 << 16
     location = load_location(site.write())
     writer = queue.Writer(queue.open_database(location.state_dir))

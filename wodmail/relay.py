@@ -38,7 +38,7 @@ from pathlib import Path
 from wodmail import queue
 from wodmail.backoff import backoff
 from wodmail.errors import TryLater
-from wodmail.location.settings import RelaySettings
+from wodmail.location.parts import RelaySettings
 from wodmail.queue import RelayEntry
 from wodmail.wakeups import wait_for_wake
 

@@ -54,7 +54,7 @@ from pathlib import Path
 from wodmail.command import WORKSHOP_RE
 from wodmail.errors import ConfigError, StepFailed
 from wodmail.location import Location, Workshop, read_variable_file
-from wodmail.location.settings import ScriptSettings
+from wodmail.location.parts import ScriptSettings
 from wodmail.passwords import ALPHABET
 from wodmail.playbooks import inherited_environment, mask
 

@@ -65,8 +65,11 @@ The package, in the order a location is read:
     accounts     the host accounts' settings (ACCOUNT*, HOMEACL)
     ldap         the LDAP settings (LDAP*), checked together when LDAPURI is set
     workshops    the record of one workshop, and the workshops file's keys
-    booking      the workshops file and the catalog: which workshops, which student ranges
-    settings     the typed parts (smtp, legacy, hub, jobs, homes, signing, ...) and `Location`
+    entries      one workshop's settings as read, and the checks of each value
+    ranges       the booked student ranges: in STUDENTMIN..STUDENTMAX, no overlaps
+    booking      the workshops file and the catalog: which workshops this location serves
+    parts        the typed parts (smtp, legacy, hub, jobs, homes, signing, ...)
+    settings     `Location`, and `build`: the parts made from the checked keys
 """
 
 from __future__ import annotations
@@ -90,19 +93,18 @@ from wodmail.location.keys import (
 )
 from wodmail.location.ldap import LdapSettings
 from wodmail.location.original import OriginalSettings, explained, include_files, map_original_names
-from wodmail.location.reading import check_value_types, kind, read_variable_file, read_yaml
-from wodmail.location.references import SECRET_KEYS, References, reveal_secrets
-from wodmail.location.settings import (
+from wodmail.location.parts import (
     ConnectionSettings,
     HomeSettings,
     HubSettings,
     JobSettings,
     LegacySettings,
-    Location,
     SigningSettings,
     SmtpSettings,
-    build,
 )
+from wodmail.location.reading import check_value_types, kind, read_variable_file, read_yaml
+from wodmail.location.references import SECRET_KEYS, References, reveal_secrets
+from wodmail.location.settings import Location, build
 from wodmail.location.workshops import (
     HOOK_VERBS,
     INFORMATIONAL_KEYS,

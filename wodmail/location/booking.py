@@ -8,24 +8,32 @@ workshop is a `ConfigError`; what is known but not served only gives warnings.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
 from wodmail.command import WORKSHOP_RE
 from wodmail.errors import ConfigError
+from wodmail.location.entries import (
+    FLAGS,
+    Entry,
+    Problems,
+    Setting,
+    check_informational,
+    flag_value,
+    hooks_of,
+    integer_setting,
+    variables_of,
+)
+from wodmail.location.ranges import booked_range, range_warnings, refuse_overlaps
 from wodmail.location.reading import (
-    SCALARS,
     DuplicateKey,
     duplicate_warnings,
     kind,
-    path_beside,
     read_variable_file,
     read_yaml,
 )
 from wodmail.location.workshops import (
-    HOOK_VERBS,
     INFORMATIONAL_KEYS,
     VARIABLES_FILE,
     WOD_FILE,
@@ -34,57 +42,8 @@ from wodmail.location.workshops import (
     content_name,
 )
 
-_FLAGS = ("reset", "ldap", "varpass", "monoappliance", "multiappliance")
 _LISTED_ONLY = frozenset({"hooks", "variables"})
 """Keys only the workshops file gives (in a wod.yml they are metadata, never acted on)."""
-_DASHED_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
-_NO_RANGE = (0, -1)
-
-
-@dataclass(frozen=True)
-class _Setting:
-    """One workshop setting, and where it is written (for messages)."""
-
-    value: object
-    file: Path
-    key: str
-    """The key as messages name it: `range` in a wod.yml, `WKSHP-X.range` in the workshops file."""
-
-
-@dataclass
-class _Entry:
-    """One workshop's settings: its wod.yml's, overridden key by key by the workshops file's."""
-
-    name: str
-    settings: dict[str, _Setting]
-    listed: bool
-    """Whether the workshops file lists it."""
-    metadata_file: Path | None
-    """Its wod.yml, if it has one."""
-    listing_file: Path
-
-    def where(self) -> tuple[Path, str | None]:
-        """The file and key a message about the whole workshop names."""
-        if self.listed:
-            return self.listing_file, self.name
-        assert self.metadata_file is not None
-        return self.metadata_file, None
-
-
-class _Problems:
-    """Mistakes in one workshop: raised when it is served (`strict`), else kept as warnings."""
-
-    def __init__(self, strict: bool, warnings: list[str]) -> None:
-        self.strict = strict
-        self.warnings = warnings
-
-    def report(self, error: ConfigError) -> None:
-        if self.strict:
-            raise error
-        self.warnings.append(str(error))
-
-    def __call__(self, setting: _Setting, reason: str) -> None:
-        self.report(ConfigError(setting.file, setting.key, reason))
 
 
 @dataclass
@@ -112,7 +71,7 @@ class Booking:
     """WORKSHOPPRIVDIR: a workshop with no folder in workshop_dir has its content (and its
     wod.yml) here, as the original backend's private notebooks (WODPRIVNOBO)."""
     warnings: list[str] = field(default_factory=list)
-    sources: dict[str, dict[str, _Setting]] = field(default_factory=dict)
+    sources: dict[str, dict[str, Setting]] = field(default_factory=dict)
     quiet: set[str] = field(default_factory=set)
     """Workshops for another site (CATALOGLOCATION): no warning about their ranges."""
 
@@ -120,7 +79,7 @@ class Booking:
         entries = self._listed()
         for name, metadata_file in self._catalog():
             settings = {
-                key: _Setting(value, metadata_file, key)
+                key: Setting(value, metadata_file, key)
                 for key, value in self._metadata(metadata_file).items()
                 if key not in _LISTED_ONLY
             }
@@ -129,7 +88,7 @@ class Booking:
                 listed.metadata_file = metadata_file
                 listed.settings = {**settings, **listed.settings}
             else:
-                entries[name] = _Entry(name, settings, False, metadata_file, self.workshops_file)
+                entries[name] = Entry(name, settings, False, metadata_file, self.workshops_file)
 
         served: dict[str, Workshop] = {}
         known: dict[str, Workshop] = {}
@@ -138,20 +97,20 @@ class Booking:
             reason = self._why_not_served(entry)
             # Another site's workshop is checked, but its oddities are that site's business.
             warnings = [] if entry.name in self.quiet else self.warnings
-            workshop = self._workshop(entry, _Problems(reason is None, warnings), reason != "inactive")
+            workshop = self._workshop(entry, Problems(reason is None, warnings), reason != "inactive")
             known[entry.name] = workshop
             self.sources[entry.name] = entry.settings
             if reason is None:
                 served[entry.name] = workshop
             else:
                 not_served[entry.name] = reason
-        self._refuse_overlaps(served)
-        self._warn_about_ranges(known, not_served)
+        refuse_overlaps(served, self.sources)
+        self.warnings.extend(range_warnings(known, not_served, self.sources, self.quiet))
         return Booked(served, known, not_served, self.warnings)
 
     # --- reading ----------------------------------------------------------------------
 
-    def _listed(self) -> dict[str, _Entry]:
+    def _listed(self) -> dict[str, Entry]:
         path = self.workshops_file
         if not path.is_file():
             return {}
@@ -160,7 +119,7 @@ class Booking:
             return {}
         if not isinstance(raw, dict):
             raise ConfigError(path, None, f"expected a mapping of workshop name: entry, found {kind(raw)}")
-        entries: dict[str, _Entry] = {}
+        entries: dict[str, Entry] = {}
         for name, entry in raw.items():
             if not isinstance(name, str) or not WORKSHOP_RE.fullmatch(name) or ".." in name:
                 shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
@@ -178,8 +137,8 @@ class Booking:
                 if key not in WORKSHOP_KEYS and key not in INFORMATIONAL_KEYS:
                     known = ", ".join(sorted(WORKSHOP_KEYS | INFORMATIONAL_KEYS))
                     raise ConfigError(path, f"{name}.{key}", f"unknown key (known: {known})")
-            settings = {key: _Setting(value, path, f"{name}.{key}") for key, value in given.items()}
-            entries[name] = _Entry(name, settings, True, None, path)
+            settings = {key: Setting(value, path, f"{name}.{key}") for key, value in given.items()}
+            entries[name] = Entry(name, settings, True, None, path)
         return entries
 
     def _content_dir(self, folder: str) -> Path:
@@ -230,12 +189,12 @@ class Booking:
 
     # --- one workshop -----------------------------------------------------------------
 
-    def _why_not_served(self, entry: _Entry) -> str | None:
+    def _why_not_served(self, entry: Entry) -> str | None:
         active = entry.settings.get("active")  # absent or empty: active, as the seeder took it
         if (
             active is not None
             and active.value is not None
-            and not _flag_value(active, _Problems(True, self.warnings), self._lenient(active))
+            and not flag_value(active, Problems(True, self.warnings), self._lenient(active))
         ):
             return "inactive"
         if entry.listed:
@@ -248,23 +207,23 @@ class Booking:
             return f"for location {site.value} (CATALOGLOCATION: {', '.join(sorted(self.sites))})"
         return None
 
-    def _lenient(self, setting: _Setting) -> bool:
+    def _lenient(self, setting: Setting) -> bool:
         """A wod.yml may write booleans as the text "true"/"false" (the seeder took them so)."""
         return setting.file != self.workshops_file
 
-    def _workshop(self, entry: _Entry, problems: _Problems, active: bool) -> Workshop:
+    def _workshop(self, entry: Entry, problems: Problems, active: bool) -> Workshop:
         name = entry.name
         settings = entry.settings
-        first, last = self._range(entry, problems)
+        first, last = booked_range(entry, problems, self.workshops_file, self.limits)
         flags = {
-            flag: _flag_value(settings[flag], problems, self._lenient(settings[flag])) if flag in settings else False
-            for flag in _FLAGS
+            flag: flag_value(settings[flag], problems, self._lenient(settings[flag])) if flag in settings else False
+            for flag in FLAGS
         }
-        app_id = _integer_setting(
+        app_id = integer_setting(
             settings.get("id"), problems, 0, "expected the registration app's workshop id (an integer)"
         )
-        capacity = _integer_setting(settings.get("capacity"), problems, 0, "expected a number of seats")
-        self._check_informational(entry, problems)
+        capacity = integer_setting(settings.get("capacity"), problems, 0, "expected a number of seats")
+        check_informational(entry, problems)
 
         content_folder = content_name(name)
         content = self._content_dir(content_folder) / content_folder
@@ -276,13 +235,13 @@ class Booking:
         hooks_setting = settings.get("hooks")
         variables_setting = settings.get("variables")
         try:
-            hooks = _hooks(
+            hooks = hooks_of(
                 self.workshops_file,
                 name,
                 hooks_setting.value if hooks_setting else None,
                 self.playbook_dir / content_folder,
             )
-            variables = _variables(self.workshops_file, name, variables_setting.value if variables_setting else None)
+            variables = variables_of(self.workshops_file, name, variables_setting.value if variables_setting else None)
         except ConfigError as exc:
             problems.report(exc)
         if flags["ldap"] and self.ldap_uri is None:
@@ -318,201 +277,3 @@ class Booking:
             variable_files=variable_files,
             metadata=MappingProxyType({key: setting.value for key, setting in settings.items()}),
         )
-
-    def _range(self, entry: _Entry, problems: _Problems) -> tuple[int, int]:
-        setting = entry.settings.get("range")
-        if setting is None:
-            if entry.listed:
-                problems.report(
-                    ConfigError(
-                        self.workshops_file, f"{entry.name}.range", "missing: the booked students, as [first, last]"
-                    )
-                )
-            else:
-                assert entry.metadata_file is not None
-                problems.report(
-                    ConfigError(
-                        entry.metadata_file,
-                        "range",
-                        "missing: the booked students, as [first, last] (here or in the workshops file)",
-                    )
-                )
-            return _NO_RANGE
-        value = setting.value
-        if (
-            not isinstance(value, list)
-            or len(value) != 2
-            or any(isinstance(end, bool) or not isinstance(end, int) for end in value)
-        ):
-            problems(setting, "expected [first, last], two student numbers" + _range_hint(value))
-            return _NO_RANGE
-        first, last = value
-        if first > last:
-            problems(setting, f"range {first}..{last} ends before it starts")
-            return _NO_RANGE
-        low, high = self.limits
-        if first < low or last > high:
-            problems(setting, f"range {first}..{last} is outside STUDENTMIN..STUDENTMAX ({low}..{high})")
-        return first, last
-
-    def _check_informational(self, entry: _Entry, problems: _Problems) -> None:
-        """Keys wodmail only shows: a malformed one warns, served or not."""
-        warn = _Problems(False, problems.warnings)
-        for key, setting in entry.settings.items():
-            value = setting.value
-            reason = None
-            if key in ("name", "description", "location"):
-                if not isinstance(value, str):
-                    reason = f"expected a text, found {kind(value)}"
-            elif key == "duration":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                    reason = f"expected a number of hours, found {kind(value)}"
-            elif key == "priority":
-                if isinstance(value, bool) or not isinstance(value, int):
-                    reason = f"expected an integer, found {kind(value)}"
-            elif key == "category":
-                if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
-                    reason = f"expected a text or a list of texts, found {kind(value)}"
-            elif key == "beta":
-                if not isinstance(value, bool) and str(value).lower() not in ("true", "false"):
-                    reason = f"expected true or false, found {kind(value)}"
-            elif key == "compile":
-                scripts = value if isinstance(value, list) else [value]
-                if not all(item is None or isinstance(item, (bool, str)) for item in scripts):
-                    reason = f"expected false or the scripts to compile, found {kind(value)}"
-            if reason is not None:
-                warn(setting, reason)
-
-    # --- between workshops --------------------------------------------------------------
-
-    def _range_setting(self, name: str) -> _Setting:
-        return self.sources[name]["range"]
-
-    def _refuse_overlaps(self, served: dict[str, Workshop]) -> None:
-        reaching: Workshop | None = None  # the workshop seen so far whose range ends last
-        for workshop in sorted(served.values(), key=lambda w: (w.first, w.last, w.name)):
-            if reaching is not None and workshop.first <= reaching.last:
-                setting = self._range_setting(workshop.name)
-                raise ConfigError(
-                    setting.file,
-                    setting.key,
-                    f"range {workshop.first}..{workshop.last} overlaps {reaching.name}'s range "
-                    f"{reaching.first}..{reaching.last}",
-                )
-            if reaching is None or workshop.last > reaching.last:
-                reaching = workshop
-
-    def _warn_about_ranges(self, known: dict[str, Workshop], not_served: dict[str, str]) -> None:
-        ranged = sorted(
-            (w for w in known.values() if w.booked and w.name not in self.quiet),
-            key=lambda w: (w.first, w.last, w.name),
-        )
-        for index, workshop in enumerate(ranged):
-            for earlier in ranged[:index]:
-                if earlier.last < workshop.first:
-                    continue
-                idle = [name for name in (workshop.name, earlier.name) if name in not_served]
-                if not idle:
-                    continue  # two served workshops: refused above
-                setting = self._range_setting(workshop.name)
-                why = "; ".join(f"{name} is not served: {not_served[name]}" for name in idle)
-                self.warnings.append(
-                    str(
-                        ConfigError(
-                            setting.file,
-                            setting.key,
-                            f"range {workshop.first}..{workshop.last} overlaps {earlier.name}'s range "
-                            f"{earlier.first}..{earlier.last} ({why})",
-                        )
-                    )
-                )
-        for workshop in known.values():
-            if workshop.name in self.quiet or workshop.capacity is None or not workshop.booked:
-                continue
-            size = workshop.last - workshop.first + 1
-            if workshop.capacity > size:
-                setting = self.sources[workshop.name]["capacity"]
-                self.warnings.append(
-                    str(
-                        ConfigError(
-                            setting.file,
-                            setting.key,
-                            f"capacity {workshop.capacity} is larger than the range "
-                            f"{workshop.first}..{workshop.last} ({size} students)",
-                        )
-                    )
-                )
-
-
-def _range_hint(value: object) -> str:
-    """How to write a range given as 52-91 or [52-91] (YAML reads the latter as one text)."""
-    text = value[0] if isinstance(value, list) and len(value) == 1 else value
-    match = _DASHED_RANGE.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        return ""
-    written = f"[{text}]" if isinstance(value, list) else text
-    return f" (write [{match.group(1)}, {match.group(2)}], not {written})"
-
-
-def _flag_value(setting: _Setting, problems: _Problems, lenient: bool) -> bool:
-    value = setting.value
-    if value is None:
-        return False
-    if isinstance(value, bool):
-        return value
-    if lenient and isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    problems(setting, f"expected true or false, found {kind(value)}")
-    return False
-
-
-def _integer_setting(setting: _Setting | None, problems: _Problems, low: int, what: str) -> int | None:
-    if setting is None or setting.value is None:
-        return None
-    value = setting.value
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        problems(setting, f"{what}, found {kind(value) if not isinstance(value, int) else value}")
-        return None
-    return value
-
-
-def _hooks(path: Path, name: str, value: object, convention_dir: Path) -> dict[str, Path]:
-    hooks: dict[str, Path] = {}
-    if value is not None:
-        if not isinstance(value, dict):
-            raise ConfigError(path, f"{name}.hooks", f"expected a mapping of verb: playbook, found {kind(value)}")
-        for verb, playbook in value.items():
-            key = f"{name}.hooks.{verb}"
-            if verb not in HOOK_VERBS:
-                raise ConfigError(path, key, "unknown hook: expected " + ", ".join(HOOK_VERBS))
-            if not isinstance(playbook, str) or not playbook.strip():
-                raise ConfigError(path, key, f"expected a playbook path, found {kind(playbook)}")
-            where = path_beside(path.parent, playbook.strip())
-            if not where.is_file():
-                raise ConfigError(path, key, f"the hook playbook {where} does not exist")
-            hooks[verb] = where
-    for verb in HOOK_VERBS:
-        conventional = convention_dir / f"{verb}.yml"
-        if verb not in hooks and conventional.is_file():
-            hooks[verb] = conventional
-    return hooks
-
-
-def _variables(path: Path, name: str, value: object) -> dict[str, object]:
-    key = f"{name}.variables"
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(path, key, f"expected a mapping of NAME: value, found {kind(value)}")
-    variables: dict[str, object] = {}
-    for var, item in value.items():
-        if not isinstance(var, str):
-            raise ConfigError(path, key, f"variable names must be strings, found {kind(var)}")
-        if not isinstance(item, SCALARS):
-            raise ConfigError(
-                path,
-                f"{key}.{var}",
-                f"unknown key type: {kind(item)} (variables are strings, numbers or booleans)",
-            )
-        variables[var] = item
-    return variables

@@ -2,7 +2,7 @@
 
 This table is the one place a key is declared. `load_location` checks every key of it once
 (`read_keys`), in this order, before anything starts; the modules get typed settings built
-from it (wodmail.location.settings) and never read a raw key. A path is relative to the
+from it (wodmail.location.parts) and never read a raw key. A path is relative to the
 location file's folder (~ is expanded, ".." folded away). Any key not listed here is a free
 key: it goes to the templates as it is (`Location.values`).
 """
@@ -219,6 +219,20 @@ RELAYHOST: Key[tuple[str, int] | None] = _key(
     "RELAYHOST", _relay_host, None, "the MTA the app's mails for people go to; absent: not relayed"
 )
 RELAYBACKOFFMAX: Key[float] = _key("RELAYBACKOFFMAX", _SECONDS, 300.0, "longest wait between two tries of a mail")
+
+
+def _reply_from(reader: KeyReader, key: str, value: object) -> str:
+    """One mail address (local@domain: no name, no space, no angle bracket)."""
+    address = value.strip() if isinstance(value, str) else ""
+    local, at, domain = address.rpartition("@")
+    if not (local and at and "." in domain) or any(ch.isspace() or ch in '<>"(),;:' for ch in address):
+        reader.fail(key, f"expected one mail address (e.g. wodmail@example.com), found {reader.shown(key, value)}")
+    return address
+
+
+REPLYFROM: Key[str | None] = _key(
+    "REPLYFROM", _reply_from, None, "the From address of replies; absent: wodmail@ this host's name"
+)
 
 # --- metrics and the status page (wodmail.metrics, wodmail.statuspage) ----------------------
 METRICSPORT: Key[int | None] = _key(

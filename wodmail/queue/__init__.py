@@ -22,9 +22,11 @@ The package, one concern a module (the rest of wodmail uses the names below as
 
 - `schema`: the file, its settings (WAL, synchronous=FULL) and its versioned schema;
 - `writer`: the group-committing writer thread;
-- `writes`: every change, as a function of a connection run inside a transaction;
+- every change, as a function of a connection run inside a transaction: `arrivals`
+  (commands enqueued, mails refused, signature nonces), `runs` (a job claimed, its steps,
+  its end, recovery and retry), `deliveries` (the callback outbox, relayed mails);
 - `queries`: every read;
-- `retention`: forgetting what is old;
+- `retention`: forgetting what is old (`prune`);
 - `copies`: the commands dropped as copies of a job already taken, kept for operators;
 - `drains`: drained workshops (DRAIN, RESUME); `replies`: the replies owed to commands;
 - `records`: the rows as objects (Job, Step, OutboxEntry, Callback, RelayEntry).
@@ -34,7 +36,27 @@ No SQL lives outside this package.
 
 from __future__ import annotations
 
+from wodmail.queue.arrivals import (
+    REFUSED_MAIL_LIMIT,
+    REFUSED_PER_PEER,
+    REFUSED_TOTAL,
+    enqueue,
+    find_duplicate,
+    find_nonce,
+    forget_nonces_before,
+    record_refusal,
+    use_nonce,
+)
 from wodmail.queue.copies import Copy, copies_of, copy_count, get_copy, list_copies
+from wodmail.queue.deliveries import (
+    outbox_delivered,
+    outbox_expired,
+    outbox_failed,
+    relay_failed,
+    relay_mail,
+    relay_retry,
+    relay_sent,
+)
 from wodmail.queue.drains import ALL_WORKSHOPS, drain, drained, list_drains, resume
 from wodmail.queue.queries import (
     callback_state,
@@ -77,7 +99,19 @@ from wodmail.queue.records import (
     relay_from_row,
 )
 from wodmail.queue.replies import jobs_owed_reply, refusal_replied, reply_queued
-from wodmail.queue.retention import prune_old
+from wodmail.queue.retention import PRUNE_BATCH, prune, prune_old
+from wodmail.queue.runs import (
+    MAX_CRASHES,
+    claim,
+    fail_past_deadline,
+    finish,
+    postpone,
+    recover,
+    requeue_stopped,
+    retry,
+    step_done,
+    step_failed,
+)
 from wodmail.queue.schema import (
     LOCK_WAIT,
     MIGRATIONS,
@@ -88,36 +122,6 @@ from wodmail.queue.schema import (
 )
 from wodmail.queue.writer import (
     Writer,
-)
-from wodmail.queue.writes import (
-    MAX_CRASHES,
-    PRUNE_BATCH,
-    REFUSED_MAIL_LIMIT,
-    REFUSED_PER_PEER,
-    REFUSED_TOTAL,
-    claim,
-    enqueue,
-    fail_past_deadline,
-    find_duplicate,
-    find_nonce,
-    finish,
-    forget_nonces_before,
-    outbox_delivered,
-    outbox_expired,
-    outbox_failed,
-    postpone,
-    prune,
-    record_refusal,
-    recover,
-    relay_failed,
-    relay_mail,
-    relay_retry,
-    relay_sent,
-    requeue_stopped,
-    retry,
-    step_done,
-    step_failed,
-    use_nonce,
 )
 
 __all__ = [

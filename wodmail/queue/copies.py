@@ -1,6 +1,6 @@
 """Commands dropped as copies of a job already taken, kept so an operator sees them.
 
-A command is a copy (`writes.find_duplicate`) when its mail was seen before (the same
+A command is a copy (`arrivals.find_duplicate`) when its mail was seen before (the same
 Message-ID: a redelivery), or when it is the same command as the student's latest job and
 that job has not failed (a resend after a failure is how the sender asks for another try;
 the legacy client sends no Message-ID). A copy is answered 250 ("already have this command

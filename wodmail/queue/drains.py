@@ -2,7 +2,7 @@
 
 The table survives a restart like the rest of the queue. `ALL_WORKSHOPS` ('*') stands for
 every workshop (DRAIN all). The doors read it inside the transaction that would queue a
-CREATE (wodmail.queue.writes.enqueue): a CREATE is never queued once a DRAIN committed.
+CREATE (wodmail.queue.arrivals.enqueue): a CREATE is never queued once a DRAIN committed.
 """
 
 from __future__ import annotations

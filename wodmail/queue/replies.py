@@ -7,8 +7,8 @@ import sqlite3
 from collections.abc import Callable
 
 from wodmail.inbound import InboundMail
+from wodmail.queue.deliveries import relay_mail
 from wodmail.queue.records import JOB_COLUMNS, Job, job_from_row
-from wodmail.queue.writes import relay_mail
 
 #: The states a job ends in; its reply is due then.
 ENDED = ("done", "failed", "held", "cancelled")
