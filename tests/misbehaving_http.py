@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Literal, Self
 
@@ -51,7 +51,7 @@ class MisbehavingServer:
         script: Script,
         *,
         then: Literal["keep", "close"] = "close",
-        routes: dict[bytes, Script] | None = None,
+        routes: Mapping[bytes, Script] | None = None,
     ) -> None:
         self.script = list(script)
         self.then = then
@@ -78,7 +78,7 @@ class MisbehavingServer:
         listener.listen(64)
         listener.settimeout(0.05)
         self._listener = listener
-        self._port: int = listener.getsockname()[1]
+        self._port = listener.getsockname()[1]
         thread = threading.Thread(target=self._accept, name="misbehaving-http", daemon=True)
         thread.start()
         self._threads.append(thread)

@@ -201,13 +201,13 @@ def test_two_hundred_connections_from_one_peer_do_not_stop_another(
         code, text = client.transaction(b"Subject: CREATE 31 c31\r\n\r\nWKSHP-Sample\r\n")
         client.close()
         assert code == 250, text
-        legacy = legacy_replies(
+        answers = legacy_replies(
             site.legacy_port,
             b"HELO app\nMAIL FROM: wod@example.com\nRCPT TO: j@example.com\nDATA\n"
             b"Subject: CREATE 32 c32\nWKSHP-Sample\n.\n",
             source=OTHER_PEER,
         )
-        assert legacy[-1].startswith("250 queued as job")
+        assert answers[-1].startswith("250 queued as job")
         wait_for_students(site, {31, 32})
         assert time.monotonic() - started < 8  # well before the held connections time out
         with socket.create_connection(("127.0.0.1", site.smtp_port), timeout=10) as again:

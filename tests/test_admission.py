@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import resource
@@ -172,7 +173,7 @@ async def test_each_legacy_address_is_capped(site: Site) -> None:
 def test_strangers_cannot_take_the_reserved_slots_and_the_idlest_makes_way() -> None:
     budget = ConnectionBudget(total=10, reserved=3)
     evicted: list[int] = []
-    strangers = [budget.admit(False, lambda n=n: evicted.append(n)) for n in range(10)]
+    strangers = [budget.admit(False, functools.partial(evicted.append, n)) for n in range(10)]
     assert sum(slot is not None for slot in strangers) == 7 and budget.refused == 3
     trusted = [budget.admit(True, lambda: None) for _ in range(3)]
     assert all(slot is not None for slot in trusted) and budget.open == 10

@@ -11,11 +11,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import DATA, REPO, SAMPLES, Site, wodmail
+from tests.conftest import DATA, REPO, SAMPLES, Daemon, Site, wodmail
 from wodmail import __version__
 from wodmail.cli import build_parser
 
@@ -159,7 +160,7 @@ def embedded_default(site: Site) -> Site:
     return site
 
 
-def test_send_works_on_the_embedded_default_without_a_key(site: Site, daemon_factory) -> None:
+def test_send_works_on_the_embedded_default_without_a_key(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     """No SIGNINGKEYS: `--print` prints the command unsigned; root's `send` goes through the
     admin socket; and where root's location names another STATEDIR than the daemon's (as
     `sudo wodmail send` does beside a daemon run by someone else), over loopback SMTP,
@@ -190,7 +191,7 @@ def test_send_works_on_the_embedded_default_without_a_key(site: Site, daemon_fac
     assert "by smtp from 127.0.0.1" in shown and "user root (uid 0)" in shown, shown
 
 
-def test_the_readmes_first_command_runs_in_any_shell(site: Site, daemon_factory) -> None:
+def test_the_readmes_first_command_runs_in_any_shell(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     """The README's first command, as written, run by dash (not bash: no /dev/tcp), sends
     the sample CREATE to the legacy door; it is taken and run (here on the test's port)."""
     readme = (REPO / "README.md").read_text()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from tests.conftest import Daemon, Site, same_secret, with_app, with_hub
 from tests.standins import JupyterHubStandin, RegistrationApp
 
 
 def test_kill_9_between_accepting_and_finishing(
-    site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_factory
+    site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_factory: Callable[..., Daemon]
 ) -> None:
     with_app(site, app)
     with_hub(site, hub)

@@ -16,11 +16,12 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, Site, legacy_dialogue, same_secret, send_legacy, with_app, with_hub
+from tests.conftest import DATA, Daemon, Site, legacy_dialogue, same_secret, send_legacy, with_app, with_hub
 from tests.standins import JupyterHubStandin, RegistrationApp
 
 CREATE_STEPS = [
@@ -83,7 +84,13 @@ def notebook_password(site: Site, stdid: int) -> str | None:
 
 @pytest.mark.parametrize(("verb", "step", "when"), crash_points(), ids=lambda p: str(p).replace(" ", "-"))
 def test_a_crash_between_steps_converges(
-    site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_factory, verb: str, step: str, when: str
+    site: Site,
+    app: RegistrationApp,
+    hub: JupyterHubStandin,
+    daemon_factory: Callable[..., Daemon],
+    verb: str,
+    step: str,
+    when: str,
 ) -> None:
     with_app(site, app)
     with_hub(site, hub)
@@ -123,7 +130,7 @@ def test_a_crash_between_steps_converges(
     }, "each callback is applied once"
 
 
-def test_a_job_that_kills_the_daemon_every_time_is_set_aside(site: Site, daemon_factory) -> None:
+def test_a_job_that_kills_the_daemon_every_time_is_set_aside(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     poison = {"WODMAIL_CRASH_AT": "CREATE 7:deploy workshop:done"}
     daemon = daemon_factory(**poison)
     assert daemon.send("CREATE 7 c7")[0] == 250
@@ -148,7 +155,7 @@ def test_a_job_that_kills_the_daemon_every_time_is_set_aside(site: Site, daemon_
 
 
 def test_callbacks_wait_for_an_app_that_is_down_and_arrive_in_order(
-    site: Site, app: RegistrationApp, daemon_factory
+    site: Site, app: RegistrationApp, daemon_factory: Callable[..., Daemon]
 ) -> None:
     with_app(site, app)
     site.values["CALLBACKBACKOFFMAX"] = 1
@@ -183,7 +190,7 @@ def test_callbacks_wait_for_an_app_that_is_down_and_arrive_in_order(
 
 
 def test_a_callback_set_aside_goes_again_when_an_operator_retries_its_job(
-    site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_factory
+    site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_factory: Callable[..., Daemon]
 ) -> None:
     """The app refuses a callback until it is set aside, and the job fails later (the hub is
     down): `wodmail retry` from another process puts both back, and the running daemon's
@@ -211,7 +218,7 @@ def test_a_callback_set_aside_goes_again_when_an_operator_retries_its_job(
 
 
 def test_an_operator_sends_the_set_aside_callbacks_of_a_done_job_again(
-    site: Site, app: RegistrationApp, daemon_factory
+    site: Site, app: RegistrationApp, daemon_factory: Callable[..., Daemon]
 ) -> None:
     with_app(site, app)
     site.values.update(CALLBACKBACKOFFMAX=0.2)
@@ -234,7 +241,7 @@ def test_an_operator_sends_the_set_aside_callbacks_of_a_done_job_again(
 
 
 def test_a_hub_outage_retries_then_fails_and_an_operator_retries(
-    site: Site, hub: JupyterHubStandin, daemon_factory
+    site: Site, hub: JupyterHubStandin, daemon_factory: Callable[..., Daemon]
 ) -> None:
     with_hub(site, hub)
     site.values.update(RETRYFOR=6, RETRYBACKOFFMAX=0.5)
@@ -265,7 +272,7 @@ def test_a_hub_outage_retries_then_fails_and_an_operator_retries(
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
+def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "small"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
@@ -273,7 +280,7 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def test_a_full_disk_answers_451_never_250(site: Site, small_disk: Path, daemon_factory) -> None:
+def test_a_full_disk_answers_451_never_250(site: Site, small_disk: Path, daemon_factory: Callable[..., Daemon]) -> None:
     site.state_dir = small_disk / "state"
     site.values["STATEDIR"] = str(site.state_dir)
     site.values["FREESPACEFLOOR"] = 0  # a 2 MiB disk: no floor, the writes themselves fail (ENOSPC)
@@ -327,7 +334,7 @@ def test_deliver_answers_75_on_a_read_only_statedir(site: Site, tmp_path: Path) 
 
 
 def test_sigterm_stops_in_bounded_time_and_a_restart_loses_nothing(
-    site: Site, app: RegistrationApp, daemon_factory
+    site: Site, app: RegistrationApp, daemon_factory: Callable[..., Daemon]
 ) -> None:
     with_app(site, app)
     app.set_delay(0.05)
@@ -353,7 +360,9 @@ def test_sigterm_stops_in_bounded_time_and_a_restart_loses_nothing(
     assert [c for (c,) in counts] == [2] * 40
 
 
-def test_the_same_mails_delivered_three_times_run_once(site: Site, app: RegistrationApp, daemon_factory) -> None:
+def test_the_same_mails_delivered_three_times_run_once(
+    site: Site, app: RegistrationApp, daemon_factory: Callable[..., Daemon]
+) -> None:
     """An MTA retry or a re-sending app: 100 commands, each sent 3 times, interleaved."""
     with_app(site, app)
     daemon = daemon_factory()
@@ -376,7 +385,7 @@ def test_the_same_mails_delivered_three_times_run_once(site: Site, app: Registra
     assert Counter(c.path for c in app.puts("/customer/")) == {f"/customer/c{s}": 1 for s in range(200, 300)}
 
 
-def test_200_parallel_smtp_sessions(site: Site, daemon_factory) -> None:
+def test_200_parallel_smtp_sessions(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     daemon = daemon_factory()
     results: dict[int, int] = {}
     errors: list[BaseException] = []

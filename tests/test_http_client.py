@@ -12,12 +12,12 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from tests.conftest import Site
-from tests.misbehaving_http import MisbehavingServer, drip, ok_json
+from tests.misbehaving_http import MisbehavingServer, Script, drip, ok_json
 from tests.standins import RegistrationApp as AppStandin
 from wodmail import callbacks, queue
 from wodmail.command import parse_command
@@ -36,7 +36,7 @@ BODY = b'{"ok": true}'
 
 # -- answers read correctly --------------------------------------------------------------------
 
-CORRECT = {
+CORRECT: dict[str, tuple[Script, Literal["keep", "close"]]] = {
     "1xx before the final answer": (
         [
             b"HTTP/1.1 100 Continue\r\n\r\n",
@@ -194,7 +194,7 @@ async def test_a_huge_body_is_not_read_past_the_limit() -> None:
 # -- the outbox backs off ----------------------------------------------------------------------
 
 LOGIN = {b"POST /api/login ": [ok_json(b'{"accessToken": "tok-123"}')]}
-OUTBOX_CASES = {
+OUTBOX_CASES: dict[str, tuple[Script, str]] = {
     "giant status code": ([b"HTTP/1.1 20000000000000000000 OK\r\nContent-Length: 12\r\n\r\n" + BODY], "status"),
     "conflicting Content-Length": (
         [HEAD + b"Content-Length: 5\r\nContent-Length: 12\r\n\r\n" + BODY],

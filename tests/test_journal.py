@@ -54,6 +54,7 @@ class Queue:
     async def run(self, **options: Any) -> JobRun:
         """A new run of the job, as the worker starts one: claimed, with what earlier runs did."""
         done = await self.writer.run(queue.claim(self.job.id))
+        assert done is not None, "the job is no longer queued"
         return JobRun(self.job, done, self.writer, self.mint, **options)
 
 

@@ -90,7 +90,8 @@ def pyasn1_answer(
         answer["matchedDN"] = LDAPDN(matched)
         answer["diagnosticMessage"] = LDAPString(message)
         if referral:
-            answer["referral"] = Referral().setComponents(*referral)
+            # types-pyasn1 leaves setComponents unannotated
+            answer["referral"] = Referral().setComponents(*referral)  # type: ignore[no-untyped-call]
         if name is not None:
             answer["responseName"] = ResponseName(name)
         if value is not None:
@@ -141,8 +142,11 @@ def test_bind_add_starttls_and_unbind_requests_are_what_ldap3_writes() -> None:
     assert ldapwire.encode_message(2, ldapwire.extended_request(ldapwire.STARTTLS_OID)) == pyasn1_message(
         2, "extendedReq", starttls
     )
+    # types-ldap3 leaves unbind_operation unannotated
     assert ldapwire.encode_message(9, ldapwire.unbind_request()) == pyasn1_message(
-        9, "unbindRequest", unbind_operation()
+        9,
+        "unbindRequest",
+        unbind_operation(),  # type: ignore[no-untyped-call]
     )
 
 
@@ -459,6 +463,7 @@ async def test_one_connection_carries_a_hundred_operations_at_once(many_students
 def current_connections(server: Slapd) -> int:
     admin = server.admin()
     admin.search("cn=Current,cn=Connections,cn=Monitor", "(objectClass=*)", search_scope=ldap3.BASE, attributes=["+"])
+    assert admin.response is not None
     return int(admin.response[0]["raw_attributes"]["monitorCounter"][0])
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from wodmail.admission import Listener
 from wodmail.inbound import InboundMail, Reply
 from wodmail.legacy import LegacyLimits, drain, start_legacy_server
 
@@ -58,7 +59,7 @@ class RecordingIntakeWithIncomplete(RecordingIntake):
 
 @dataclass
 class Door:
-    server: asyncio.Server
+    server: Listener
     port: int
     intake: RecordingIntake
 
@@ -68,7 +69,7 @@ Starter = Callable[..., Awaitable[Door]]
 
 @pytest.fixture
 async def start_door() -> AsyncIterator[Starter]:
-    servers: list[asyncio.Server] = []
+    servers: list[Listener] = []
 
     async def start(intake: RecordingIntake | None = None, limits: LegacyLimits = FAST) -> Door:
         intake = intake if intake is not None else RecordingIntake()

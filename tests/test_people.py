@@ -81,6 +81,7 @@ def signed(
         try:
             code, text = client.data(mail.as_bytes(crlf=True))
         except smtplib.SMTPDataError as exc:
+            assert isinstance(exc.smtp_error, bytes)
             code, text = exc.smtp_code, exc.smtp_error
     return code, text.decode(), str(mail.message["Message-ID"])
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Site, wodmail
+from tests.conftest import Daemon, Site, wodmail
 from wodmail import queue
 from wodmail.command import command_from_fields, read_fields
 from wodmail.inbound import InboundMail
@@ -191,7 +192,9 @@ def test_copies_are_kept_with_their_job_capped_and_forgotten_with_it(tmp_path: P
         writer.close()
 
 
-def test_below_the_free_space_floor_the_doors_answer_451_and_write_nothing(site: Site, daemon_factory) -> None:
+def test_below_the_free_space_floor_the_doors_answer_451_and_write_nothing(
+    site: Site, daemon_factory: Callable[..., Daemon]
+) -> None:
     """FREESPACEFLOOR above what the disk has: a command and a refused mail alike get 451
     (the sender keeps the mail), and nothing is written."""
     site.values["FREESPACEFLOOR"] = 1 << 30  # MiB: more than any disk here

@@ -8,11 +8,12 @@ from __future__ import annotations
 import smtplib
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, Site
+from tests.conftest import DATA, Daemon, Site
 
 REFUSED = DATA / "mails" / "refused"
 
@@ -40,7 +41,7 @@ def test_every_sample_has_an_expectation() -> None:
     assert sorted(p.name for p in REFUSED.iterdir()) == sorted(EXPECTED)
 
 
-def test_refusals_over_smtp(site: Site, daemon_factory) -> None:
+def test_refusals_over_smtp(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     daemon = daemon_factory()
     for name, (code, reason) in EXPECTED.items():
         raw = (REFUSED / name).read_bytes()
@@ -48,6 +49,7 @@ def test_refusals_over_smtp(site: Site, daemon_factory) -> None:
             with pytest.raises(smtplib.SMTPDataError) as refused:
                 client.sendmail("wod@example.com", ["jupyter@example.com"], raw)
         assert refused.value.smtp_code == code, name
+        assert isinstance(refused.value.smtp_error, bytes)
         assert reason in refused.value.smtp_error.decode(), (name, refused.value.smtp_error)
     records = site.refused()
     assert len(records) == len(EXPECTED)
@@ -67,7 +69,7 @@ def test_refusals_over_smtp(site: Site, daemon_factory) -> None:
     assert "unknown verb 'LAUNCH'" in listing
 
 
-def test_oversized_mail_is_refused(site: Site, daemon_factory) -> None:
+def test_oversized_mail_is_refused(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     site.values["MAXMESSAGESIZE"] = 4096
     daemon = daemon_factory()
     body = "WKSHP-Sample\r\n" + ("x" * 70 + "\r\n") * 100
@@ -77,7 +79,7 @@ def test_oversized_mail_is_refused(site: Site, daemon_factory) -> None:
     assert record[3] == 554
 
 
-def test_unsigned_command_from_untrusted_peer_is_refused(site: Site, daemon_factory) -> None:
+def test_unsigned_command_from_untrusted_peer_is_refused(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     site.values["TRUSTEDPEERS"] = ["192.0.2.0/24"]
     daemon = daemon_factory()
     code, text = daemon.send("CREATE 1 c1")

@@ -6,13 +6,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import REPO
 
 
-def run_script(name: str, *args: str, tmp_path: Path) -> dict:
+def run_script(name: str, *args: str, tmp_path: Path) -> dict[str, Any]:
     out = tmp_path / f"{name}.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / name), *args, "--json", str(out)],
@@ -22,7 +23,7 @@ def run_script(name: str, *args: str, tmp_path: Path) -> dict:
         check=False,
     )
     assert out.exists(), result.stdout + result.stderr
-    report: dict = json.loads(out.read_text())
+    report: dict[str, Any] = json.loads(out.read_text())
     report["_exit"] = result.returncode
     report["_stdout"] = result.stdout
     return report

@@ -12,12 +12,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import Site, wodmail
+from tests.conftest import Daemon, Site, wodmail
 from wodmail import queue
 from wodmail.command import parse_command
 from wodmail.errors import ConfigError, NotPermitted
@@ -154,7 +155,7 @@ async def test_both_keys_of_a_rotation_are_accepted(site: Site, intake: CommandI
     assert key_id(KEY_ONE.encode()) in auths[0] and key_id(KEY_TWO.encode()) in auths[1]
 
 
-REFUSED = {
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "stale": (
         {"age": 400},
         "signature is stale: signed 400 s ago, more than SIGNATUREWINDOW 300 s",
@@ -183,10 +184,10 @@ REFUSED = {
 async def test_bad_signatures_are_refused_with_their_reason(site: Site, intake: CommandIntake, case: str) -> None:
     options, reason = dict(REFUSED[case][0]), REFUSED[case][1]
     if "age" in options:
-        options["timestamp"] = int(time.time()) - options.pop("age")  # type: ignore[operator]
+        options["timestamp"] = int(time.time()) - options.pop("age")
     # The clock may tick between signing and checking: 400 s may read 399 or 401.
     pattern = re.compile(".*" + re.escape(reason).replace("400", "(399|400|401)") + ".*")
-    data = signed("CREATE 5 c5", **options)  # type: ignore[arg-type]
+    data = signed("CREATE 5 c5", **options)
     reply = await intake.submit(smtp_mail(data))
     assert reply.code == 550 and pattern.fullmatch(reply.text), reply
     assert jobs(site) == []
@@ -314,7 +315,7 @@ def test_an_unsafe_tagged_key_is_in_clear(site: Site) -> None:
 # --- wodmail send, against the real daemon and through deliver ------------------------------
 
 
-def test_send_composes_a_signed_command_that_runs(site: Site, daemon_factory) -> None:
+def test_send_composes_a_signed_command_that_runs(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     strict_site(site, KEY_ONE)
     daemon_factory()
     sent = wodmail(site, "send", "CREATE", "5", "--customer", "c5", "--workshop", "WKSHP-Sample")
@@ -414,7 +415,7 @@ def with_tls_and_auth(site: Site, tmp_path: Path) -> Path:
     return ca
 
 
-def test_smtp_auth_only_over_starttls(site: Site, tmp_path: Path, daemon_factory) -> None:
+def test_smtp_auth_only_over_starttls(site: Site, tmp_path: Path, daemon_factory: Callable[..., Daemon]) -> None:
     import base64
     import smtplib
     import ssl

@@ -15,7 +15,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import (
     DATA,
@@ -30,7 +32,7 @@ from tests.conftest import (
 from tests.standins import JupyterHubStandin, RegistrationApp
 
 
-def notebooks(home: Path, workshop: str = "WKSHP-Sample") -> dict[str, dict]:
+def notebooks(home: Path, workshop: str = "WKSHP-Sample") -> dict[str, dict[str, Any]]:
     return {p.name: json.loads(p.read_text()) for p in sorted((home / workshop).glob("*.ipynb"))}
 
 
@@ -40,7 +42,9 @@ def password_in(nb_text: str) -> str | None:
     return found.group(1) if found else None
 
 
-def test_legacy_create_then_cleanup(site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_factory) -> None:
+def test_legacy_create_then_cleanup(
+    site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_factory: Callable[..., Daemon]
+) -> None:
     with_app(site, app)
     with_hub(site, hub)
     daemon: Daemon = daemon_factory()
@@ -71,10 +75,10 @@ def test_legacy_create_then_cleanup(site: Site, app: RegistrationApp, hub: Jupyt
     # The student runs the first code cell of each notebook.
     executed = total = 0
     for name, nb in deployed.items():
-        code = [cell for cell in nb["cells"] if cell["cell_type"] == "code"]
-        total += len(code)
-        if code:
-            code[0]["execution_count"] = 1
+        code_cells = [cell for cell in nb["cells"] if cell["cell_type"] == "code"]
+        total += len(code_cells)
+        if code_cells:
+            code_cells[0]["execution_count"] = 1
             executed += 1
             (home / "WKSHP-Sample" / name).write_text(json.dumps(nb))
     expected = executed * 100 // total
@@ -100,7 +104,7 @@ def test_legacy_create_then_cleanup(site: Site, app: RegistrationApp, hub: Jupyt
     assert app.logins == 1
 
 
-def test_legacy_door_loses_nothing(site: Site, daemon_factory) -> None:
+def test_legacy_door_loses_nothing(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     daemon_factory()
     for stdid in range(1, 301):
         send_legacy(site.legacy_port, legacy_dialogue(f"CREATE {stdid} c{stdid}", "WKSHP-Sample"))
@@ -110,7 +114,7 @@ def test_legacy_door_loses_nothing(site: Site, daemon_factory) -> None:
     assert all((site.home(stdid) / "WKSHP-Sample").is_dir() for stdid in range(1, 301))
 
 
-def test_legacy_client_that_closes_without_reading(site: Site, daemon_factory) -> None:
+def test_legacy_client_that_closes_without_reading(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     daemon_factory()
     clients = []
     for stdid in range(1, 21):
@@ -127,7 +131,7 @@ def test_legacy_client_that_closes_without_reading(site: Site, daemon_factory) -
     assert sorted(job[2] for job in jobs) == list(range(1, 21))
 
 
-def test_legacy_door_refuses_a_peer_not_listed(site: Site, daemon_factory) -> None:
+def test_legacy_door_refuses_a_peer_not_listed(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     site.values["LEGACYPEERS"] = ["192.0.2.1"]
     daemon_factory()
     data = legacy_dialogue("CREATE 3 c3", "WKSHP-Sample")
@@ -146,7 +150,7 @@ def test_legacy_door_refuses_a_peer_not_listed(site: Site, daemon_factory) -> No
     assert not site.home(3).exists()
 
 
-def test_duplicate_mail_runs_once(site: Site, app: RegistrationApp, daemon_factory) -> None:
+def test_duplicate_mail_runs_once(site: Site, app: RegistrationApp, daemon_factory: Callable[..., Daemon]) -> None:
     with_app(site, app)
     daemon = daemon_factory()
     raw = (DATA / "mails" / "create.eml").read_bytes()
@@ -163,7 +167,9 @@ def test_duplicate_mail_runs_once(site: Site, app: RegistrationApp, daemon_facto
     assert len(app.puts("/customer/1001")) == 1
 
 
-def test_reset_range_runs_the_hook_and_restores_capacity(site: Site, app: RegistrationApp, daemon_factory) -> None:
+def test_reset_range_runs_the_hook_and_restores_capacity(
+    site: Site, app: RegistrationApp, daemon_factory: Callable[..., Daemon]
+) -> None:
     with_app(site, app)
     daemon = daemon_factory()
     for stdid in (1101, 1102, 1103):
@@ -189,7 +195,7 @@ def test_reset_range_runs_the_hook_and_restores_capacity(site: Site, app: Regist
         assert not (site.home(stdid) / "WKSHP-SampleReset").exists()
 
 
-def test_purge(site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_factory) -> None:
+def test_purge(site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_factory: Callable[..., Daemon]) -> None:
     with_app(site, app)
     with_hub(site, hub)
     daemon = daemon_factory()
@@ -207,7 +213,9 @@ def test_purge(site: Site, app: RegistrationApp, hub: JupyterHubStandin, daemon_
     assert list(site.home(9).iterdir()) == []
 
 
-def test_callbacks_survive_an_app_that_fails(site: Site, app: RegistrationApp, daemon_factory) -> None:
+def test_callbacks_survive_an_app_that_fails(
+    site: Site, app: RegistrationApp, daemon_factory: Callable[..., Daemon]
+) -> None:
     with_app(site, app)
     daemon = daemon_factory()
     app.fail_next(3, 500)
@@ -224,7 +232,9 @@ def test_callbacks_survive_an_app_that_fails(site: Site, app: RegistrationApp, d
     assert statuses.count(500) == 3 and 401 in statuses
 
 
-def test_template_with_undefined_variable_fails_the_job_naming_it(site: Site, daemon_factory) -> None:
+def test_template_with_undefined_variable_fails_the_job_naming_it(
+    site: Site, daemon_factory: Callable[..., Daemon]
+) -> None:
     workshops = site.root / "catalog"
     broken = workshops / "WKSHP-Broken"
     broken.mkdir(parents=True)
@@ -255,7 +265,9 @@ def test_template_with_undefined_variable_fails_the_job_naming_it(site: Site, da
     assert "failed" in show.stdout and "NOSUCHKEY" in show.stdout
 
 
-def test_values_with_quotes_and_newlines_keep_notebooks_valid(site: Site, daemon_factory) -> None:
+def test_values_with_quotes_and_newlines_keep_notebooks_valid(
+    site: Site, daemon_factory: Callable[..., Daemon]
+) -> None:
     site.values["BRANDING"] = 'Quote " back \\ slash\nnew line </script> { x } é'
     daemon = daemon_factory()
     assert daemon.send("CREATE 4 c4")[0] == 250
@@ -265,12 +277,12 @@ def test_values_with_quotes_and_newlines_keep_notebooks_valid(site: Site, daemon
     assert json.dumps('Quote " back \\ slash\nnew line </script> { x } é')[1:-1] in readme
 
 
-def test_jobs_command_shows_states_and_steps(site: Site, daemon_factory) -> None:
+def test_jobs_command_shows_states_and_steps(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     daemon = daemon_factory()
     assert daemon.send("CREATE 6 c6")[0] == 250
     (job,) = site.wait_jobs(1)
 
-    def run(*args):
+    def run(*args: str) -> str:
         return subprocess.run(
             [sys.executable, "-m", "wodmail", "--location", str(site.file), *args],
             capture_output=True,
@@ -286,7 +298,7 @@ def test_jobs_command_shows_states_and_steps(site: Site, daemon_factory) -> None
     assert "APIENDPOINT not set" in show
 
 
-def test_the_jobs_process_runs_below_the_doors(site: Site, daemon_factory) -> None:
+def test_the_jobs_process_runs_below_the_doors(site: Site, daemon_factory: Callable[..., Daemon]) -> None:
     """JOBSNICE lower, and the batch policy: a burst's mail is answered before jobs run."""
     site.values["JOBSNICE"] = 7
     daemon = daemon_factory()

@@ -140,7 +140,7 @@ def test_for_backend_keeps_this_backends_workshops() -> None:
 
 
 def test_propose_keeps_local_settings_and_takes_the_apps() -> None:
-    raw = {
+    raw: dict[str, dict[str, Any]] = {
         "WKSHP-Sample": {"range": [1, 999], "varpass": True, "hooks": {"create": "x.yml"}, "variables": {"A": 1}},
         "CHLG-Sample": {"range": [1001, 1100]},
     }

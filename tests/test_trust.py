@@ -21,12 +21,12 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, Site, wodmail
+from tests.conftest import DATA, Daemon, Site, wodmail
 from wodmail import admin
 from wodmail.errors import NotPermitted
 from wodmail.inbound import InboundMail, Reply
@@ -161,7 +161,7 @@ def auth_of(site: Site, job_id: int) -> str:
 
 
 def test_a_students_unsigned_purge_is_refused_on_both_doors(
-    site: Site, daemon_factory, student: pwd.struct_passwd
+    site: Site, daemon_factory: Callable[..., Daemon], student: pwd.struct_passwd
 ) -> None:
     victim = site.home(7)
     victim.mkdir(parents=True)
@@ -206,7 +206,9 @@ def test_a_students_unsigned_purge_is_refused_on_both_doors(
     assert daemon.process is not None and daemon.process.poll() is None
 
 
-def test_local_peer_users_can_name_who_else_is_trusted(site: Site, daemon_factory, student) -> None:
+def test_local_peer_users_can_name_who_else_is_trusted(
+    site: Site, daemon_factory: Callable[..., Daemon], student: pwd.struct_passwd
+) -> None:
     site.values["LOCALPEERUSERS"] = [STUDENT]  # an odd site: this user, and not root
     daemon_factory()
     assert send(student, "smtp", "127.0.0.1", site.smtp_port, "PURGE 7 c7").startswith("250 queued as job 1")
@@ -223,7 +225,9 @@ print(" ".join(sock.recv(3).decode() for sock in held))
 """
 
 
-def test_a_student_cannot_hoard_the_standard_door_from_loopback(site: Site, daemon_factory, student) -> None:
+def test_a_student_cannot_hoard_the_standard_door_from_loopback(
+    site: Site, daemon_factory: Callable[..., Daemon], student: pwd.struct_passwd
+) -> None:
     """TRUSTEDPEERS are not capped (SMTPPEERCONNECTIONS), but a student on loopback is."""
     site.values["SMTPPEERCONNECTIONS"] = 3
     daemon_factory()
@@ -234,7 +238,9 @@ def test_a_student_cannot_hoard_the_standard_door_from_loopback(site: Site, daem
 # --- the admin socket ------------------------------------------------------------------------------
 
 
-def test_the_admin_socket_takes_root_and_refuses_anyone_else(site: Site, daemon_factory, student) -> None:
+def test_the_admin_socket_takes_root_and_refuses_anyone_else(
+    site: Site, daemon_factory: Callable[..., Daemon], student: pwd.struct_passwd
+) -> None:
     site.values["TRUSTEDPEERS"] = [APP]  # loopback trusts nobody: only the admin socket is left
     daemon_factory()
     path = admin.socket_path(site.state_dir)
@@ -402,7 +408,7 @@ def test_relay_address_refuses_what_the_mta_did_not_write(header: bytes) -> None
 # --- the kernel's answers ---------------------------------------------------------------------------
 
 
-def test_the_kernel_names_the_owner_of_a_local_client(student) -> None:
+def test_the_kernel_names_the_owner_of_a_local_client(student: pwd.struct_passwd) -> None:
     peers = HostPeers()
     listener = socket.create_server(("127.0.0.1", 0))
     try:
@@ -425,7 +431,9 @@ def test_the_kernel_names_the_owner_of_a_local_client(student) -> None:
         peers.close()
 
 
-def test_check_and_the_start_log_warn_on_a_host_with_students(site: Site, daemon_factory) -> None:
+def test_check_and_the_start_log_warn_on_a_host_with_students(
+    site: Site, daemon_factory: Callable[..., Daemon]
+) -> None:
     stdid = 987651
     account = f"student{stdid}"
     site.values.update(STUDENTMIN=stdid - 1, STUDENTMAX=stdid + 1, CATALOGWORKSHOPS="listed")
