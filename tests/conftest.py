@@ -127,7 +127,7 @@ class Site:
         }
         self.workshops: dict[str, Any] = {
             "WKSHP-Sample": {"range": [1, 999], "varpass": True},
-            "CHLG-Sample": {"range": [1001, 1100]},
+            "CHLG-Sample": {"range": [1001, 1100], "varpass": True},  # its notebook shows PASSSTU
             "WKSHP-SampleReset": {"range": [1101, 1200], "reset": True, "varpass": True, "id": 7},
         }
 

@@ -588,9 +588,46 @@ def test_wodmail_check_lists_what_is_not_served_and_the_warnings(tmp_path: Path)
     assert good.returncode == 0, good.stderr
     assert "  WKSHP-Draft              not served: inactive\n" in good.stdout
     assert "warning: " + str(catalog / "notebooks/WKSHP-Draft/wod.yml") + ": capacity: capacity 50" in good.stdout
-    assert good.stdout.endswith("3 workshop(s) served, 2 known but not served, 5 warning(s), 0 with template errors\n")
+    # Rendered for the first student of its range: OVIP (the challenge's file) has no student31.
+    assert (
+        "warning: CHLG-Docker101: the CREATE of student31 would fail: WKSHP-Docker101/1-WKSHP-Docker-Basics.ipynb"
+        " line 34: dict object has no element 31\n" in good.stdout
+    )
+    assert good.stdout.endswith("3 workshop(s) served, 2 known but not served, 6 warning(s), 0 with template errors\n")
     assert broken.returncode == 65
     assert "error: WKSHP-React101: WKSHP-React101/0-ReadMeFirst.ipynb line 1: template syntax error" in broken.stdout
+
+
+def test_wodmail_check_renders_each_workshop_and_names_a_variable_nothing_defines(tmp_path: Path) -> None:
+    # A notebook that uses a site key the location lacks: every CREATE of the workshop would
+    # stop at its deploy step. `check` renders each served workshop for the first student of
+    # its range (in memory) and says so, before the daemon serves it.
+    catalog = copy_catalog(tmp_path)
+    notebook = catalog / "notebooks/WKSHP-React101/0-ReadMeFirst.ipynb"
+    document = json.loads(notebook.read_text())
+    document["cells"][0]["source"] = ["Your lab is {{ LABHOST }}, port {{ 8000 + STDID }}\n"]
+    notebook.write_text(json.dumps(document))
+    location = write_location(tmp_path, notebooks=catalog / "notebooks")
+    missing = wodmail(location, "check")
+
+    # A create script may write it for each student (wodmail.scripts): then a warning only.
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    create = scripts / "create-WKSHP-React101.sh"
+    create.write_text("#!/bin/bash\nexit 0\n")
+    create.chmod(0o755)
+    with_script = wodmail(write_location(tmp_path, notebooks=catalog / "notebooks", SCRIPTDIR=str(scripts)), "check")
+
+    defined = wodmail(write_location(tmp_path, notebooks=catalog / "notebooks", LABHOST="lab.example.com"), "check")
+
+    problem = "WKSHP-React101/0-ReadMeFirst.ipynb line 1: undefined variable 'LABHOST'"
+    assert missing.returncode == 65, missing.stdout + missing.stderr
+    assert f"error: WKSHP-React101: {problem}: every CREATE of it would fail\n" in missing.stdout
+    assert missing.stdout.endswith("1 with template errors\n")
+    assert with_script.returncode == 0, with_script.stdout + with_script.stderr
+    assert f"warning: WKSHP-React101: {problem} (unless its create scripts write it" in with_script.stdout
+    assert defined.returncode == 0, defined.stdout + defined.stderr
+    assert "LABHOST" not in defined.stdout
 
 
 def test_render_for_student_uses_the_same_variables_as_the_daemon(tmp_path: Path) -> None:

@@ -209,6 +209,9 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
             "APIPWD": f"file:{api_password}",
             "JPHUBAPISRV": hub.url,
             "JPHUBTOKEN": hub.token,
+            # free keys the sample workshop's notebooks show (`wodmail check` renders it)
+            "BRANDING": "Workshops-on-Demand",
+            "JPHOSTEXT": "jupyter.example.com",
         }
         (site / "site.yaml").write_text(yaml.safe_dump(location, sort_keys=False))
         (site / "workshops.yaml").write_text(yaml.safe_dump({"WKSHP-Sample": {"range": [7601, 7603]}}))

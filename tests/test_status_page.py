@@ -72,7 +72,6 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     with RegistrationApp() as app, JupyterHubStandin(auto_create_users=True) as hub:
         with_app(site, app)
         with_hub(site, hub)
-        site.workshops["CHLG-Sample"]["varpass"] = True  # the sample's notebooks show the password
         site.values.update(
             METRICSPORT=free_port(), METRICSHOST="0.0.0.0", METRICSTOKEN=f"env:{TOKEN_ENV}", CALLBACKBACKOFFMAX=0.2
         )

@@ -43,7 +43,7 @@ def matching_listing() -> list[dict[str, Any]]:
     """What the app would list if it agreed with the Site's workshops file."""
     return [
         app_entry("WKSHP-Sample", 1, 999, id=3, varpass=True),
-        app_entry("CHLG-Sample", 1001, 1100, id=4),
+        app_entry("CHLG-Sample", 1001, 1100, id=4, varpass=True),
         app_entry("WKSHP-SampleReset", 1101, 1200, id=7, reset=True, varpass=True),
     ]
 
@@ -172,7 +172,7 @@ def test_propose_keeps_local_settings_and_takes_the_apps() -> None:
 def test_sync_shows_the_differences_and_leaves_the_file_alone(site: Site) -> None:
     listing = [
         app_entry("WKSHP-Sample", 1, 40, id=3, varpass=True),
-        app_entry("CHLG-Sample", 1001, 1100, id=4, ldap=False),
+        app_entry("CHLG-Sample", 1001, 1100, id=4, ldap=False, varpass=True),
         app_entry("WKSHP-SampleReset", 1101, 1200, id=7, reset=True, varpass=True),
         app_entry("WKSHP-Other", 1, 50, id=12, location=ELSEWHERE),  # another backend's
     ]

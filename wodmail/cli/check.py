@@ -7,9 +7,14 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wodmail.cli.common import EX_DATAERR, Subcommands
 from wodmail.location import Location
+
+if TYPE_CHECKING:
+    from wodmail.compiled import CompiledWorkshop
+    from wodmail.location import Workshop
 
 
 def register(commands: Subcommands) -> None:
@@ -95,8 +100,10 @@ def cmd_check(location: Location, args: argparse.Namespace) -> int:
 
 def check_catalog(location: Location) -> int:
     """`check`, continued: what is known but not served, the warnings, and every served
-    workshop's templates compiled (a template error would fail its CREATEs)."""
+    workshop's templates compiled and rendered for the first student of its range (a
+    template error, or a variable nothing defines, would fail its CREATEs)."""
     from wodmail.errors import StepFailed
+    from wodmail.scripts import WorkshopScripts
     from wodmail.workshop import Renderer
 
     for name, reason in sorted(location.not_served.items()):
@@ -106,6 +113,7 @@ def check_catalog(location: Location) -> int:
     renderer = Renderer.for_location(location)
     failed = 0
     warned = list(location.warnings)
+    scripts: WorkshopScripts | None = None
     for workshop in location.workshops.values():
         try:
             compiled = renderer.workshop(workshop.content)
@@ -116,9 +124,40 @@ def check_catalog(location: Location) -> int:
         for warning in compiled.warnings:  # e.g. a notebook deployed as it was in the catalog
             print(f"warning: {warning}")
             warned.append(warning)
+        problem = render_problem(location, workshop, compiled)
+        if problem is None:
+            continue
+        if scripts is None:
+            scripts = WorkshopScripts(location, withheld=location.withheld)
+        if "undefined variable '" not in problem:  # a value for one student (OVIP[STDID]), ...
+            warning = f"{workshop.name}: the CREATE of student{workshop.first} would fail: {problem}"
+        elif scripts.find(workshop, "create"):  # they may write the variable for each student
+            warning = f"{workshop.name}: {problem} (unless its create scripts write it for each student)"
+        else:  # a name nothing defines: the same for every student
+            print(f"error: {workshop.name}: {problem}: every CREATE of it would fail")
+            failed += 1
+            continue
+        print(f"warning: {warning}")
+        warned.append(warning)
     served = len(location.workshops)
     print(
         f"{served} workshop(s) served, {len(location.not_served)} known but not served, "
         f"{len(warned)} warning(s), {failed} with template errors"
     )
     return EX_DATAERR if failed else 0
+
+
+def render_problem(location: Location, workshop: Workshop, compiled: CompiledWorkshop) -> str | None:
+    """Why `workshop` cannot be rendered for the first student of its range, with the
+    values a CREATE gives its templates (a stand-in password where they get one), in memory;
+    None when it can. A free key the location lacks ("undefined variable 'KEY'", rendering's
+    own words), a student's value missing, a value that breaks a notebook: what the CREATE's
+    deploy step would fail on."""
+    from wodmail.catalog import template_variables
+    from wodmail.errors import ConfigError, StepFailed
+
+    try:
+        compiled.render(template_variables(location, workshop, workshop.first, "Check0nlyPassw0rd", customer="0"))
+    except (StepFailed, ConfigError) as exc:
+        return str(exc)
+    return None
