@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import os
 import pwd
 import smtplib
@@ -30,7 +31,7 @@ from tests.students import snapshot
 from tests.test_signing import with_keys
 from wodmail import queue
 from wodmail.command import Command, parse_command, read_fields
-from wodmail.errors import BadCommand, StepFailed
+from wodmail.errors import BadCommand, ConfigError
 from wodmail.inbound import InboundMail
 from wodmail.intake import is_command_mail
 from wodmail.location import Location, load_location
@@ -55,6 +56,7 @@ def people_site(site: Site, postfix: Postfix) -> Location:
     site.values.update(
         RELAYHOST=f"127.0.0.1:{postfix.port}",
         RELAYBACKOFFMAX=0.5,
+        REPLYFROM="wod-backend@example.org",
         TRUSTEDPEERS=["192.0.2.0/24"],
         LEGACYPEERS=["127.0.0.1"],
     )
@@ -128,6 +130,7 @@ def test_signed_commands_get_one_reply_each_with_their_steps_and_no_password(
         queued_job(code, text)
         reply = reply_to(postfix, help_id)
         assert (reply["To"], reply["Auto-Submitted"], reply["Return-Path"]) == (ADMIN, "auto-replied", "<>")
+        assert email.utils.parseaddr(reply["From"]) == (f"wodmail ({location.name})", "wod-backend@example.org")
         body = text_of(reply)
         for spec in shipped_verbs().specs:  # the registry's own words
             assert spec.usage in body, spec.name
@@ -412,12 +415,16 @@ async def test_the_desk_plans_a_command_as_the_door_would_take_it_now(site: Site
             " WKSHP-Sample; every other verb runs"
         )
         refused = await desk.plan(["CREATE", "5", "c5"], "WKSHP-Sample")
-        with pytest.raises(StepFailed, match="outside WKSHP-Sample's booked range"):
-            await desk.plan(["CREATE", "1500", "c5"], "WKSHP-Sample")
+        # A command the door refuses for good is answered with that refusal, as a plan's verdict.
+        outside = await desk.plan(["CREATE", "1500", "c5"], "WKSHP-Sample")
     finally:
         desk.close()
         writer.close()
     assert "451" not in taken and "the door would refuse it for now (451): WKSHP-Sample is drained" in refused
+    first, *_, verdict = outside.strip().splitlines()
+    asked = f"PLAN CREATE 1500 c5 / WKSHP-Sample on location {location.name}"
+    assert first == f"{asked}: not planned, the door would refuse it"
+    assert verdict.startswith("It would be REFUSED (554): ") and "outside WKSHP-Sample's booked range" in verdict
     assert "student5" in taken and "WKSHP-Sample" in taken
 
 
@@ -442,3 +449,8 @@ def test_where_a_reply_goes_and_when_none_does(site: Site) -> None:
     site.values.pop("RELAYHOST")
     location = load_location(site.write())
     assert route("From: ada@example.org\n") == (None, "no RELAYHOST to send replies through")
+    # REPLYFROM, the replies' From, is one plain address.
+    for wrong in ("Ops <ops@example.org>", "ops", "ops@localhost", "a@b.org, c@d.org"):
+        site.values["REPLYFROM"] = wrong
+        with pytest.raises(ConfigError, match="REPLYFROM: expected one mail address"):
+            load_location(site.write())

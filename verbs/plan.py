@@ -3,8 +3,8 @@
 The Subject after PLAN is the planned command's (`PLAN CREATE 5 c5`), the body's first line
 its workshop. The plan (wodmail.plan, through the desk: the door's refusal for now when the
 workshop is drained) is the step's whole result, so the reply shows all of it; the outcome
-is its first and last lines. A command the door would refuse fails the job with the door's
-reason.
+is its first and last lines. A command the door would refuse is answered with the door's
+refusal (the PLAN job is done: an answer, not a failure for an operator).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ spec = VerbSpec(
         "Answer with what the command after PLAN (and the body's workshop) would do on this host, doing none of"
         " it: the workshop and its flags, each student with its database id and home, every step in order, the"
         " files it would write, the scripts and hooks, the JupyterHub calls and the callbacks (a password as"
-        " `<a new password>`); a command the door would refuse fails with the door's reason."
+        " `<a new password>`); for a command the door would refuse, the door's refusal."
     ),
 )
 

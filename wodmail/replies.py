@@ -187,7 +187,8 @@ def reply_address(mail: InboundMail, origin: Origin, location: Location) -> tupl
 
 def _message(location: Location, to: str, subject: str, in_reply_to: str | None, mark: str, body: str) -> EmailMessage:
     message = EmailMessage()
-    message["From"] = email.utils.formataddr((f"wodmail ({location.name})", f"wodmail@{host_name()}"))
+    sender = location.relay.reply_from or f"wodmail@{host_name()}"
+    message["From"] = email.utils.formataddr((f"wodmail ({location.name})", sender))
     message["To"] = to
     message["Subject"] = subject[:200]
     message["Date"] = email.utils.formatdate(localtime=True)

@@ -244,13 +244,18 @@ class Desk:
     async def plan(self, words: Sequence[str], workshop: str | None) -> str:
         """PLAN VERB ARGS (the verb's words, the body's workshop): what that command would do,
         as wodmail.plan tells it, with the door's refusal for now when its workshop is
-        drained. `StepFailed` with the door's reason for a command the door would refuse."""
+        drained. A command the door would refuse is planned too: the answer is its refusal
+        (the PLAN itself did its work, and its job is done: nothing for an operator to mend)."""
         from wodmail.plan import make_plan, plan_text, planned_command
 
         try:
             command = planned_command(self.location, words, workshop, self._verbs)
         except BadCommand as exc:
-            raise StepFailed(f"PLAN {' '.join(words)[:80]}: {exc.reason}") from None
+            asked = " ".join(words)[:80] + (f" / {workshop[:80]}" if workshop else "")
+            return (
+                f"PLAN {asked} on location {self.location.name}: not planned, the door would refuse it\n\n"
+                f"It would be REFUSED ({exc.smtp_code}): {exc.reason}\n"
+            )
         refused_now = None
         if command.workshop is not None and self._verbs.spec(command.verb).refused_while_drained:
             drain = queue.drained(self._reader, command.workshop)
