@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Callable
 
 from wodmail.errors import Refusal, TryLater
 from wodmail.inbound import InboundMail, Reply
@@ -57,17 +58,7 @@ class HandOff:
         if record is None:
             log.warning("legacy %s: %s after %d bytes; not submitted", mail.peer, reason, size)
             return
-        self.busy = True
-        try:
-            result = record(mail, reason)
-            if inspect.isawaitable(result):
-                await asyncio.shield(self.door.track_commit(result))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("legacy %s: recording a %d-byte incomplete mail failed", mail.peer, size)
-        finally:
-            self.busy = False
+        await self._record(mail, f"a {size}-byte incomplete mail", record, mail, reason)
 
     async def record_after_the_command(self, mail: InboundMail, size: int) -> None:
         """Record what followed the first end of DATA (`size` bytes, `mail` holding what was
@@ -77,14 +68,19 @@ class HandOff:
         record = getattr(self.door.intake, "record_refused", None)
         if record is None:
             return
+        await self._record(mail, f"{size} bytes after the command", record, mail, 554, reason)
+
+    async def _record(self, mail: InboundMail, what: str, record: Callable[..., object], *args: object) -> None:
+        """`record(*args)`, its commit tracked by the door (a drain waits for it); a failure
+        is logged, never raised into the connection."""
         self.busy = True
         try:
-            result = record(mail, 554, reason)
+            result = record(*args)
             if inspect.isawaitable(result):
                 await asyncio.shield(self.door.track_commit(result))
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("legacy %s: recording %d bytes after the command failed", mail.peer, size)
+            log.exception("legacy %s: recording %s failed", mail.peer, what)
         finally:
             self.busy = False
