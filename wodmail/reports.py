@@ -113,9 +113,7 @@ def job_report(conn: sqlite3.Connection, job: Job, now: float) -> list[str]:
     if callbacks:
         lines.append("  callbacks:")
     for cb in callbacks:
-        body = dict(cb.body)
-        if cb.secret_field:
-            body[cb.secret_field] = "********"
+        body = cb.shown_body()
         line = f"    {cb.state:9} {cb.method} {cb.path} {body}"
         if cb.last_error:
             line += f"  !! {cb.last_error}"

@@ -138,9 +138,7 @@ def show_job(conn: sqlite3.Connection, job_id: int) -> int:
     if callbacks:
         print("  callbacks:")
         for cb in callbacks:
-            body = dict(cb.body)
-            if cb.secret_field:
-                body[cb.secret_field] = "********"
+            body = cb.shown_body()
             line = f"    {cb.state:9} {cb.method} {cb.path} {body}  tries {cb.attempts}"
             if cb.delivered:
                 line += f"  delivered {when(cb.delivered)} ({cb.delivered - job.received:.3f} s after receipt)"

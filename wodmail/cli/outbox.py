@@ -20,11 +20,8 @@ def cmd_outbox(location: Location, args: argparse.Namespace) -> int:
     counts = queue.outbox_counts(conn)
     print("callbacks: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "delivered", "failed", "expired")))
     for entry in queue.undelivered_callbacks(conn, 200):
-        body = dict(entry.body)
-        if entry.secret_field:
-            body[entry.secret_field] = "********"
         print(
-            f"  {entry.id:>6} job {entry.job_id:<6} {entry.state:8} {entry.method} {entry.path} {body}"
+            f"  {entry.id:>6} job {entry.job_id:<6} {entry.state:8} {entry.method} {entry.path} {entry.shown_body()}"
             f" tries {entry.attempts} next {when(entry.next_attempt)} {entry.last_error or ''}"
         )
     return 0

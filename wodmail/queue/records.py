@@ -96,6 +96,14 @@ class OutboxEntry:
     expires: float | None = None
     """An activating callback is never sent after this (its job's deadline); None: no limit."""
 
+    def shown_body(self) -> dict[str, str]:
+        """The body as an operator sees it (replies, `jobs show`, `outbox`): the secret the
+        outbox fills in at delivery shown as ********."""
+        body = dict(self.body)
+        if self.secret_field:
+            body[self.secret_field] = "********"
+        return body
+
 
 JOB_COLUMNS = (
     "id, command, state, received, attempts, crashes, retries, not_before, error, outcome, door, peer,"
