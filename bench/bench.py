@@ -416,7 +416,13 @@ def wait_callbacks(
     site: Site, app: RegistrationApp, want: dict[str, int], per_key: int, timeout: float
 ) -> dict[int, float]:
     """Per student: when its last expected callback arrived (the `per_key`-th PUT on its paths).
-    A job that failed stops the wait at once, with its error."""
+    A job that failed stops the wait at once, with its error.
+
+    The times are the stand-in's own (`Call.at`, taken as each request arrives), so how often
+    this looks changes no figure. It looks four times a second: each look sorts every call
+    under the stand-in's lock, which its request threads wait on, on the same two cores as
+    the daemon (a look at 2,000 calls takes 1.5 ms: at 20 looks a second, 3% of a core by the
+    end of a burst of 1,000 CREATEs, 6% by the end of the CLEANUPs after it)."""
     deadline = time.monotonic() + timeout
     next_check = 0.0
     while time.monotonic() < deadline:
@@ -432,7 +438,7 @@ def wait_callbacks(
                 arrivals.setdefault(key, []).append(call.at)
         if len(arrivals) == len(set(want.values())) and all(len(v) >= per_key for v in arrivals.values()):
             return {key: sorted(times)[per_key - 1] for key, times in arrivals.items()}
-        time.sleep(0.05)
+        time.sleep(0.25)
     raise RuntimeError(f"callbacks still missing after {timeout} s")
 
 
