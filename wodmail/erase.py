@@ -11,7 +11,8 @@ instead of going on somewhere else (a later run starts again from the top).
 Run it with the student's filesystem identity (wodmail.identity.acting_as): then the kernel
 keeps it to what the student could remove anyway. A folder the student owns but made
 unreadable is given back its owner's rwx (through /proc/self/fd, on the folder opened
-without following links), as the student could do.
+without following links), and one made read-only too (fchmod of the open folder), as the
+student could do.
 """
 
 from __future__ import annotations
@@ -55,7 +56,30 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 def _remove_plain(parent: int, name: str) -> bool:
-    """Remove `name` if it is not a folder (or an empty one); False if it is a full folder."""
+    """Remove `name` if it is not a folder (or an empty one); False if it is a full folder.
+
+    A folder whose mode refuses the removal (EACCES: read-only, as `chmod -R a-w` leaves a
+    tree) is given its owner's rwx first, as its owner could: run as the student, the kernel
+    allows that only in the student's own folders. Nothing else is retried: EPERM (a sticky
+    folder's other users' files, an immutable file) stands, and root never meets EACCES."""
+    try:
+        return _remove_once(parent, name)
+    except PermissionError as exc:
+        if exc.errno != errno.EACCES or not _give_owner_rwx(parent):
+            raise
+    return _remove_once(parent, name)
+
+
+def _give_owner_rwx(folder: int) -> bool:
+    """chmod 0700 the open folder `folder`; False if we may not (it is not ours)."""
+    try:
+        os.fchmod(folder, 0o700)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_once(parent: int, name: str) -> bool:
     try:
         os.unlink(name, dir_fd=parent)
         return True

@@ -1,4 +1,5 @@
-"""Run as the student: leave things outside the home for the next person with this uid."""
+"""Run as the student: leave things outside the home for the next person with this uid (the
+folders read-only)."""
 
 import ctypes
 import os
@@ -16,3 +17,6 @@ for folder in ("/tmp", "/var/tmp", "/dev/shm"):
     os.makedirs(f"{folder}/{tag}/deeper", exist_ok=True)
     with open(f"{folder}/{tag}/deeper/note", "w") as note:
         note.write("for whoever is student next\n")
+    # read-only, as `chmod -R a-w` leaves a tree: only its owner may make it writable again
+    os.chmod(f"{folder}/{tag}/deeper", 0o555)
+    os.chmod(f"{folder}/{tag}", 0o555)
