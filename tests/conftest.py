@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from tests.ports import free_port
 from tests.standins import JupyterHubStandin, RegistrationApp
 
 if TYPE_CHECKING:
@@ -35,12 +36,6 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "templates" / "workshops"
 DATA = Path(__file__).resolve().parent / "data"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def same_secret(a: str | None, b: str | None) -> bool:

@@ -38,6 +38,8 @@ from typing import Self
 
 from passlib.hash import ldap_salted_sha1  # type: ignore[import-untyped,unused-ignore]
 
+from tests.ports import free_port
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # ldap3 with pyasn1 >= 0.6
     import ldap3
@@ -70,12 +72,6 @@ def tool(name: str) -> str:
     if found is None:
         raise AssertionError(f"{name} is not installed: install the Debian packages slapd and ldap-utils")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def student_dn(stdid: int, people: str = PEOPLE_DN) -> str:
