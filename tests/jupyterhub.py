@@ -35,7 +35,8 @@ from typing import Any, Self
 
 import httpx
 
-from tests.conftest import DATA, REPO, free_port
+from tests.conftest import DATA, REPO
+from tests.ports import free_port
 
 CONFIG = DATA / "jupyterhub" / "jupyterhub_config.py"
 TINY_SERVER = DATA / "jupyterhub" / "tiny_server.py"

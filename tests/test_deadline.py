@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, Site, free_port, legacy_dialogue, send_legacy, with_app, wodmail
+from tests.conftest import Daemon, Site, legacy_dialogue, send_legacy, with_app, wodmail
+from tests.ports import free_port
 from tests.standins import RegistrationApp
 from wodmail import queue
 from wodmail.command import parse_command

@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import Daemon, Site, free_port
+from tests.conftest import Daemon, Site
 from tests.jupyterhub import RealJupyterHub
+from tests.ports import free_port
 from tests.standins import JupyterHubStandin
 from wodmail.errors import ConfigError, TransientError
 from wodmail.hub import Hub

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import Daemon, Site, free_port, same_secret
+from tests.conftest import Daemon, Site, same_secret
+from tests.ports import free_port
 from tests.standins import RegistrationApp
 from tests.students import make_accounts, remove_accounts
 from wodmail.errors import ConfigError

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Daemon, Site, free_port, same_secret, with_app, with_hub
+from tests.conftest import Daemon, Site, same_secret, with_app, with_hub
+from tests.ports import free_port
 from tests.standins import JupyterHubStandin, RegistrationApp
 from tests.students import make_accounts, remove_accounts, require_root
 from wodmail.errors import ConfigError

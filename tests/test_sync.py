@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import REPO, Site, free_port, with_app
+from tests.conftest import REPO, Site, with_app
+from tests.ports import free_port
 from tests.standins import RegistrationApp
 from wodmail import sync
 from wodmail.location import load_location
