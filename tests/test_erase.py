@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.students import require_root
-from wodmail.erase import DIR_FLAGS, erase_contents, remove_entry
+from wodmail.erase import CUT_DEPTH, DIR_FLAGS, erase_contents, remove_entry
 from wodmail.identity import Identity, acting_as
 
 #: (folder, mode) as a student leaves them: `chmod -R a-w`, unreadable, write-only, search-only.
@@ -136,4 +137,41 @@ def test_roots_read_only_folder_in_a_students_tree_is_refused_to_the_student_and
     assert refused.value.errno == errno.EACCES
     assert stat.S_IMODE(os.stat(roots).st_mode) == 0o555 and (roots / "key").read_text() == "root's"
     assert erase_contents(fd) >= 2
+    assert os.listdir(folder) == []
+
+
+def deepest(folder: Path) -> int:
+    """How many levels down the deepest entry under `folder` is (find copes with any depth)."""
+    found = subprocess.run(["find", str(folder), "-printf", "%d\n"], capture_output=True, text=True, check=True)
+    return max(map(int, found.stdout.split()))
+
+
+def test_an_erase_stopped_deep_down_keeps_what_it_did(student: Identity, opened: tuple[Path, int]) -> None:
+    """A chain 1,000 folders deep with, at its bottom, a folder the student may not empty
+    (a root hook's): the student's erase fails there. What it did before must stay done, as
+    when a bound on the step's time stops it (a chain of 40,000 took the keeper 20 s to go
+    down before anything went, so every try timed out and began again from the top): the
+    chain is cut into pieces as the erase goes down, and what is left is at most CUT_DEPTH
+    deep. About 2 s (1.5 s of it making the chain)."""
+    folder, fd = opened
+    os.chown(folder, student.uid, student.gid)
+    with acting_as(student):
+        os.mkdir("chain", dir_fd=fd)
+        level = os.open("chain", DIR_FLAGS, dir_fd=fd)
+        for _ in range(1_000):
+            os.mkdir("d", dir_fd=level)
+            inner = os.open("d", DIR_FLAGS, dir_fd=level)
+            os.close(level)
+            level = inner
+    try:
+        os.mkdir("roots", dir_fd=level)  # as root: the student's erase stops here
+        roots = os.open("roots", DIR_FLAGS, dir_fd=level)
+        os.close(os.open("key", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=roots))
+        os.close(roots)
+    finally:
+        os.close(level)
+    with acting_as(student), pytest.raises(PermissionError):
+        erase_contents(fd)
+    assert deepest(folder) <= CUT_DEPTH + 3
+    assert erase_contents(fd) > 0  # root's pass, as the keeper runs it in the trash
     assert os.listdir(folder) == []

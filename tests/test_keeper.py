@@ -56,6 +56,17 @@ def end(process: subprocess.Popen[bytes], scratch: Path) -> None:
     shutil.rmtree(scratch)
 
 
+def drop_box(name: str) -> Path:
+    """Where an attack program leaves a file for the test: a 0777 folder inside a root-owned
+    0755 one in /var/tmp, out of the keeper's sweep of the shared folders (which takes what
+    the student left in a world-writable folder away, as a leftover)."""
+    base = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    base.chmod(0o755)
+    (base / "box").mkdir()
+    (base / "box").chmod(0o777)
+    return base / "box" / name
+
+
 @pytest.fixture
 def accounts() -> Iterator[tuple[pwd.struct_passwd, pwd.struct_passwd]]:
     assert os.geteuid() == 0, "these tests make accounts and act as them: run the suite as root (scripts/test)"
@@ -104,8 +115,7 @@ async def test_a_set_id_copy_run_by_another_account_does_not_survive(
     python = os.path.realpath("/usr/bin/python3")
     setup = as_student(a, "/bin/sh", "-c", f"cp {python} {home}/py && chmod {bit} {home}/py && chmod 0711 {home}")
     assert setup.wait() == 0
-    loot = Path(tempfile.mkdtemp(dir="/var/tmp")) / "loot"
-    loot.parent.chmod(0o777)
+    loot = drop_box("loot")
     hidden = as_student(
         b, f"{home}/py", str(ATTACKS / "hidden.py"), str(a.pw_uid), str(b.pw_uid), f"{home}/secret", str(loot)
     )
@@ -125,7 +135,7 @@ async def test_a_set_id_copy_run_by_another_account_does_not_survive(
         assert not alive(hidden), "a process with the student's effective ids survived"
         assert not loot.exists(), "the next customer's file was read"
     finally:
-        end(hidden, loot.parent)
+        end(hidden, loot.parent.parent)
 
 
 async def test_a_student_stopping_every_process_of_theirs_is_still_ended(
@@ -135,8 +145,7 @@ async def test_a_student_stopping_every_process_of_theirs_is_still_ended(
     wodmail forks as the student): root's signals still end it, within the bound."""
     a, _ = accounts
     await homes.reset(A)
-    ready = Path(tempfile.mkdtemp(dir="/var/tmp")) / "ready"
-    ready.parent.chmod(0o777)
+    ready = drop_box("ready")
     stopper = as_student(a, "/usr/bin/python3", str(ATTACKS / "stopper.py"), env={"READY": str(ready)})
     try:
         assert wait_for(ready), "the stopping program did not start"
@@ -146,7 +155,7 @@ async def test_a_student_stopping_every_process_of_theirs_is_still_ended(
         stopper.wait(timeout=5)
         assert took < 5, f"ending a stopping student took {took:.1f} s"
     finally:
-        end(stopper, ready.parent)
+        end(stopper, ready.parent.parent)
 
 
 async def test_what_a_student_leaves_outside_the_home_is_removed(
@@ -247,8 +256,7 @@ async def test_a_process_whose_leader_left_is_still_ended(
     """The main thread exits alone: the process shows as a zombie in /proc while a thread of
     it runs on. It is the student's process all the same, and it is ended."""
     a, _ = accounts
-    ready = Path(tempfile.mkdtemp(dir="/var/tmp")) / "ready"
-    ready.parent.chmod(0o777)
+    ready = drop_box("ready")
     headless = as_student(a, "/usr/bin/python3", str(ATTACKS / "headless.py"), env={"READY": str(ready)})
     try:
         assert wait_for(ready), "the headless program did not start"
@@ -256,7 +264,7 @@ async def test_a_process_whose_leader_left_is_still_ended(
         assert await homes.end_processes(A) == "processes ended"
         headless.wait(timeout=5)
     finally:
-        end(headless, ready.parent)
+        end(headless, ready.parent.parent)
 
 
 def settled(pids: list[int]) -> bool:

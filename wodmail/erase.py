@@ -6,7 +6,9 @@ resolved twice), never following a symbolic link, and never blocking: every open
 O_NOFOLLOW | O_NONBLOCK | O_DIRECTORY, and files, links, FIFOs and sockets are unlinked
 without being opened. Going back up a level opens ".." and checks it is the very folder we
 came down from; if a student moved a folder meanwhile, the erase stops with an error
-instead of going on somewhere else (a later run starts again from the top).
+instead of going on somewhere else (a later run starts again from the top). Past CUT_DEPTH
+levels the tree is cut (the folder below is moved up into the top folder), so that what a
+stopped erase did stays done, however deep the tree.
 
 Run it with the student's filesystem identity (wodmail.identity.acting_as): then the kernel
 keeps it to what the student could remove anyway. A folder the student owns but made
@@ -17,11 +19,13 @@ student could do.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import secrets
 import stat
 
-__all__ = ["TreeChanged", "erase_contents", "remove_entry"]
+__all__ = ["TreeChanged", "erase_contents", "remove_entry", "remove_what_it_can"]
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -29,6 +33,12 @@ _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 #: How many times one folder is listed again before giving up (a folder that keeps
 #: filling while we empty it has a live writer: fail rather than loop).
 MAX_RELISTS = 1000
+#: How deep the erase goes down before it cuts the tree: the folder below is moved up into
+#: the top folder, and erased from there later. So what an erase did stays done when it is
+#: stopped (a bound on a step's time, a killed keeper) or fails deep down: without it, a
+#: chain of 40,000 folders is gone down to its bottom, for 20 s, before anything goes, and
+#: every new try starts again from the top.
+CUT_DEPTH = 256
 
 
 class TreeChanged(OSError):
@@ -104,6 +114,36 @@ def _remove_once(parent: int, name: str) -> bool:
         raise
 
 
+def _cut(folder: int, name: str, top: int) -> bool:
+    """Move the folder `name` of `folder` up into `top`, under a new name (see CUT_DEPTH);
+    False if it may not be moved (then the erase goes down into it, as without the cut).
+    Moving a folder rewrites its "..": it and `folder` are made writable by their owner
+    first if they are not, as the owner could (through the open inode, never a name)."""
+    piece = f".wodmail-cut-{secrets.token_hex(8)}"
+    try:
+        os.rename(name, piece, src_dir_fd=folder, dst_dir_fd=top)
+        return True
+    except PermissionError:
+        pass
+    except OSError:
+        return False
+    try:
+        handle = os.open(name, _PATH_FLAGS, dir_fd=folder)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISDIR(os.fstat(handle).st_mode):
+            return False
+        os.chmod(f"/proc/self/fd/{handle}", 0o700)
+        os.fchmod(folder, 0o700)
+        os.rename(name, piece, src_dir_fd=folder, dst_dir_fd=top)
+    except OSError:
+        return False
+    finally:
+        os.close(handle)
+    return True
+
+
 def erase_contents(top: int) -> int:
     """Remove everything inside the open folder `top` (which stays); return how many entries.
 
@@ -127,6 +167,8 @@ def erase_contents(top: int) -> int:
                     descend = entry.name
                     break
             if descend is not None:
+                if len(names) >= CUT_DEPTH and _cut(folder, descend, top):
+                    continue
                 child = _open_folder(folder, descend)
                 identities.append(os.fstat(child))
                 names.append(descend)
@@ -171,3 +213,49 @@ def remove_entry(parent: int, name: str) -> None:
         os.close(child)
     if not _remove_plain(parent, name):
         raise OSError(errno.ENOTEMPTY, "a folder was filled again while it was removed", name)
+
+
+def remove_what_it_can(parent: int, name: str, depth: int = 16) -> bool:
+    """`remove_entry`, or where that fails, as much of `name` as may go; True if it is gone.
+
+    For what a student leaves in a shared folder (/tmp), where other users can make the
+    removal fail part-way: a folder of theirs inside the student's, a folder of theirs the
+    student wrote into and then closed. The rest of the tree is still gone through, `depth`
+    folder levels down, and whatever is left that the caller owns is given no permission
+    bits at all: a set-ID copy of a program left for another account to run is run by no
+    one, and nothing in it is read. Run it as the student (wodmail.identity): the kernel
+    decides what may go and what may be changed; nothing is opened through a link."""
+    try:
+        remove_entry(parent, name)
+        return True
+    except OSError:
+        pass
+    try:
+        handle = os.open(name, _PATH_FLAGS, dir_fd=parent)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISDIR(os.fstat(handle).st_mode):
+            with contextlib.suppress(OSError):  # not the caller's, or a link: left as it is
+                os.chmod(f"/proc/self/fd/{handle}", 0)  # the inode opened above, not a name
+            return False
+    finally:
+        os.close(handle)
+    if depth <= 0:
+        return False
+    try:
+        folder = _open_folder(parent, name)
+    except OSError:
+        return False
+    try:
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                remove_what_it_can(folder, entry.name, depth - 1)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
+    try:
+        return _remove_plain(parent, name)
+    except OSError:
+        return False

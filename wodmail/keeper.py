@@ -36,6 +36,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import sys
 import threading
 import time
@@ -43,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from wodmail.erase import DIR_FLAGS, erase_contents, remove_entry
+from wodmail.erase import DIR_FLAGS, erase_contents, remove_what_it_can
 from wodmail.identity import Identity, acting_as
 from wodmail.proctable import ProcessWatch, processes_of
 
@@ -129,10 +130,19 @@ def end_processes(uid: int, gid: int, grace: float, group_too: bool = False, fou
 
 
 #: Shared folders where a student may leave files the next person with the same uid would
-#: find (each top-level entry owned by the student is removed, as the student).
-SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")
-#: Files by user name that bring a student back after their processes ended.
-_COMEBACKS = ("/var/spool/cron/crontabs/{name}", "/var/lib/systemd/linger/{name}")
+#: find (each entry owned by the student is removed, as the student): the temporary folders,
+#: the lock folder (1777 on Debian, often on the root filesystem, set-ID programs allowed) and
+#: POSIX message queues (where systemd mounts them).
+SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
+#: How deep, and into how many folders, a shared folder's sweep goes through world-writable
+#: folders and other users' folders (where a student may also leave files, a set-ID copy of
+#: a program for another account to run among them). Bounded: another student's thousands
+#: of folders must not make every clean-up slow.
+SWEEP_DEPTH = 16
+SWEEP_FOLDERS = 10_000
+#: Files by user name that bring a student back after their processes ended, and the
+#: mailbox (what was mailed to the account is not for the next person to hold it).
+_COMEBACKS = ("/var/spool/cron/crontabs/{name}", "/var/lib/systemd/linger/{name}", "/var/mail/{name}")
 _AT_JOBS = "/var/spool/cron/atjobs"
 _IPC_RMID = 0
 
@@ -143,7 +153,8 @@ Account = tuple[int, int, str]
 
 def clear_leftovers(accounts: list[Account]) -> list[int]:
     """Remove what each account left outside its home for the next person with that uid:
-    files in the shared temporary folders (each removed as its student), System V IPC
+    files in the shared folders and in other users' folders there (each removed as its
+    student, see `_Sweep`; what cannot go keeps no permission bit), System V IPC
     objects, a crontab, `at` jobs, systemd lingering. Run once their processes have ended.
     One pass over each folder and table serves every account of a batch. Returns how many
     things were removed, account by account."""
@@ -154,21 +165,13 @@ def clear_leftovers(accounts: list[Account]) -> list[int]:
             folder = os.open(shared, DIR_FLAGS)
         except OSError:
             continue
+        sweep = _Sweep(shared, accounts, index, removed)
         try:
-            for entry in os.scandir(folder):
-                with contextlib.suppress(OSError):
-                    number = index.get(entry.stat(follow_symlinks=False).st_uid)
-                    if number is None:
-                        continue
-                    uid, gid, name = accounts[number]
-                    try:
-                        with acting_as(Identity(uid, gid)):
-                            remove_entry(folder, entry.name)
-                        removed[number] += 1
-                    except OSError as exc:
-                        log.warning("cannot remove %s/%s of %s: %s", shared, entry.name, name, exc.strerror)
+            sweep.folder(folder, 0)
         finally:
             os.close(folder)
+        if sweep.folders > SWEEP_FOLDERS:
+            log.warning("%s holds more than %d folders of others: not all were looked in", shared, SWEEP_FOLDERS)
     for number, (_, _, name) in enumerate(accounts):
         for pattern in _COMEBACKS:
             with contextlib.suppress(FileNotFoundError):
@@ -177,13 +180,82 @@ def clear_leftovers(accounts: list[Account]) -> list[int]:
     with contextlib.suppress(OSError):
         for entry in os.scandir(_AT_JOBS):
             if entry.is_file(follow_symlinks=False):
-                number = index.get(entry.stat(follow_symlinks=False).st_uid)
-                if number is not None:
+                owner = index.get(entry.stat(follow_symlinks=False).st_uid)
+                if owner is not None:
                     os.unlink(entry.path)
-                    removed[number] += 1
+                    removed[owner] += 1
     for uid, count in _remove_ipc(set(index)).items():
         removed[index[uid]] += count
     return removed
+
+
+class _Sweep:
+    """One shared folder's sweep for a batch of accounts (see `clear_leftovers`)."""
+
+    def __init__(self, shared: str, accounts: list[Account], index: dict[int, int], removed: list[int]) -> None:
+        self.shared = shared
+        self.accounts = accounts
+        self.index = index
+        self.removed = removed
+        self.folders = 0
+
+    def folder(self, folder: int, depth: int) -> None:
+        """Remove the accounts' entries in the open `folder`, as their owners, and go down
+        into the folders others could have let them write in: world-writable ones, and any
+        of another user's (who may have closed it since). Root only lists and looks here,
+        never following a link: every change is made as the owner of what is changed."""
+        with contextlib.suppress(OSError), os.scandir(folder) as listing:
+            for entry in listing:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                number = self.index.get(st.st_uid)
+                if number is not None:
+                    self.remove(folder, entry.name, number, depth)
+                elif stat.S_ISDIR(st.st_mode) and (st.st_mode & 0o002 or st.st_uid not in (0, os.geteuid())):
+                    self.go_down(folder, entry.name, depth)
+
+    def go_down(self, folder: int, name: str, depth: int) -> None:
+        if depth >= SWEEP_DEPTH:
+            return
+        self.folders += 1
+        if self.folders > SWEEP_FOLDERS:
+            return
+        try:
+            inner = os.open(name, DIR_FLAGS, dir_fd=folder)
+        except OSError:
+            return
+        try:
+            self.folder(inner, depth + 1)
+        finally:
+            os.close(inner)
+
+    def remove(self, folder: int, name: str, number: int, depth: int) -> None:
+        """Remove the account's `name` as the account; what it may not remove (another
+        user's folder it wrote into, closed to it since) is, as the account, given no
+        permission bits (a file) or gone through (a folder) from a descriptor root opened."""
+        uid, gid, account = self.accounts[number]
+        owner = Identity(uid, gid)
+        with acting_as(owner):
+            gone = remove_what_it_can(folder, name)
+        if gone:
+            self.removed[number] += 1
+            return
+        try:
+            handle = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+        except OSError:
+            return
+        try:
+            st = os.fstat(handle)
+            if st.st_uid == uid and stat.S_ISDIR(st.st_mode):
+                self.go_down(folder, name, depth)
+            elif st.st_uid == uid and not stat.S_ISLNK(st.st_mode):
+                with contextlib.suppress(OSError), acting_as(owner):  # the kernel checks it is theirs
+                    os.chmod(f"/proc/self/fd/{handle}", 0)
+        finally:
+            os.close(handle)
+        log.warning("cannot remove all of %r in %s of %s: others' files are in the way", name, self.shared, account)
 
 
 def _remove_ipc(uids: set[int]) -> dict[int, int]:

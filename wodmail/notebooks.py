@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -46,6 +45,10 @@ _CODE_CELL_RE = re.compile(r'"cell_type"\s*:\s*"code"')
 COMPLETION_METHODS = ("cells", "original")
 #: The most top-level notebooks the `original` count reads (a student may make thousands).
 MAX_ORIGINAL_NOTEBOOKS = 1000
+#: The most entries of the workshop folder the `original` count looks at: a student may make
+#: millions, and listing ten million names took a minute and a gigabyte in the jobs process
+#: (past READ_BOUND: the CLEANUP failed, and every one after it).
+MAX_ORIGINAL_ENTRIES = 100_000
 
 
 def completion_percentage(deployed: Path, notebooks: Iterable[Path], *, method: str = "cells") -> int:
@@ -180,19 +183,13 @@ def original_completion_at(parent_fd: int, leaf: str, *, who: str = "") -> int:
     except OSError:
         return 0
     try:
-        names = sorted(
-            entry.name
-            for entry in os.scandir(folder)
-            if entry.name.endswith(".ipynb")
-            and not entry.name.startswith(".")
-            and stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode)
-        )
+        found, first, looked = _first_notebooks(folder)
     except OSError:
-        names = []
+        found, first, looked = 0, [], 0
     finally:
         os.close(folder)
-    counted = names[:MAX_ORIGINAL_NOTEBOOKS]
-    prefixed = len(names) > 1
+    counted = first[:MAX_ORIGINAL_NOTEBOOKS]
+    prefixed = found > 1
     total = missed = 0
     budget = MAX_COMPLETION_BYTES
     skipped: list[str] = []
@@ -208,12 +205,40 @@ def original_completion_at(parent_fd: int, leaf: str, *, who: str = "") -> int:
                 total += 1
                 if b"null" in line or b"null" in prefix:
                     missed += 1
-    if skipped or len(names) > len(counted):
+    if skipped or found > len(counted):
         log.warning(
             "completion of %s%s: %d notebook(s) not counted: %s",
             f"{who} " if who else "",
             leaf,
-            len(skipped) + len(names) - len(counted),
+            len(skipped) + found - len(counted),
             ", ".join(skipped)[:500],
         )
+    if looked > MAX_ORIGINAL_ENTRIES:
+        log.warning(
+            "completion of %s%s: more than %d entries: only the first listed were looked at",
+            f"{who} " if who else "",
+            leaf,
+            MAX_ORIGINAL_ENTRIES,
+        )
     return (total - missed) * 100 // total if total else 0
+
+
+def _first_notebooks(folder: int) -> tuple[int, list[str], int]:
+    """Of the open folder's top-level *.ipynb regular files (not hidden): how many there are,
+    the first MAX_ORIGINAL_NOTEBOOKS names in name order, and how many entries were looked
+    at. At most MAX_ORIGINAL_ENTRIES (+1) entries are looked at, and no more than twice
+    MAX_ORIGINAL_NOTEBOOKS names are held at a time."""
+    found = looked = 0
+    first: list[str] = []
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            looked += 1
+            if looked > MAX_ORIGINAL_ENTRIES:
+                break
+            name = entry.name
+            if name.endswith(".ipynb") and not name.startswith(".") and entry.is_file(follow_symlinks=False):
+                found += 1
+                first.append(name)
+                if len(first) >= 2 * MAX_ORIGINAL_NOTEBOOKS:
+                    first = sorted(first)[:MAX_ORIGINAL_NOTEBOOKS]
+    return found, sorted(first)[:MAX_ORIGINAL_NOTEBOOKS], looked
