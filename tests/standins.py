@@ -541,7 +541,8 @@ class JupyterHubStandin(_Standin):
     pending spawn), 400 already running / pending stop, 404 no such user,
     429 with Retry-After when throttled. Server stop: 204 stopped, 202
     pending (`stop_delay` > 0, or already pending stop), 400 pending spawn,
-    `stop_not_running_status` when not running, 404 no such user.
+    `stop_not_running_status` when not running, 404 no such user. User delete:
+    204 (a running server stopped first), 400 while it stops, 404 no such user.
     Errors are JSON {"status": N, "message": "..."} as the hub writes them.
     """
 
@@ -564,6 +565,10 @@ class JupyterHubStandin(_Standin):
         running" (as the brief and older hubs), or 204 (as JupyterHub 1.x and later do)."""
         self._throttled = 0
         self._users: dict[str, _HubUser] = {}
+        self.deleted: list[str] = []
+        """The users deleted (DELETE /hub/api/users/{name}), in order."""
+        self.admins: set[str] = set()
+        """The users whose model says admin: true."""
         self.add_users(*users)
 
     def add_users(self, *names: str) -> None:
@@ -618,6 +623,8 @@ class JupyterHubStandin(_Standin):
                 return self._get_user(name)
             if request.method == "POST":
                 return self._create_user(name)
+            if request.method == "DELETE":
+                return self._delete_user(name)
         elif request.method == "POST":
             return self._start_server(name)
         elif request.method == "DELETE":
@@ -629,13 +636,27 @@ class JupyterHubStandin(_Standin):
         if user is None:
             return self._error(404, "Not Found")
         user.settle()
-        return _Answer(200, user.model())
+        return _Answer(200, {**user.model(), "admin": name in self.admins})
 
     def _create_user(self, name: str) -> _Answer:
         if name in self._users:
             return self._error(409, f"User {name} already exists")
         user = self._users[name] = _HubUser(name)
         return _Answer(201, user.model())
+
+    def _delete_user(self, name: str) -> _Answer:
+        """As the hub's UserAPIHandler.delete: a running server is stopped first; one still
+        stopping answers 400. `deleted` counts the deletions (its logins went with it)."""
+        user = self._users.get(name)
+        if user is None:
+            return self._error(404, "Not Found")
+        user.settle()
+        if user.phase in ("stopping", "spawning"):
+            doing = "stopping" if user.phase == "stopping" else "spawning"
+            return self._error(400, f"{name}'s server is in the process of {doing}, please wait.")
+        del self._users[name]
+        self.deleted.append(name)
+        return _Answer(204)
 
     def _start_server(self, name: str) -> _Answer:
         user = self._users.get(name)

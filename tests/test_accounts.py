@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import pwd
 import re
@@ -606,13 +607,24 @@ def run_as(user: pwd.struct_passwd, program: str, *args: str) -> str:
 def hub_login(hub: RealJupyterHub, name: str, password: str) -> int:
     """Log in through the hub's own login form; the status (302: in, 403: refused)."""
     with httpx.Client(base_url=hub.url, timeout=30) as client:
-        page = client.get("/hub/login")
-        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
-        assert xsrf is not None, page.text[:500]
-        answer = client.post(
-            "/hub/login", data={"username": name, "password": password, "_xsrf": xsrf.group(1)}, follow_redirects=False
-        )
-        return answer.status_code
+        return log_in(client, name, password)
+
+
+def log_in(client: httpx.Client, name: str, password: str) -> int:
+    """The login form's answer to `client`, which keeps the hub's cookies (302: in)."""
+    page = client.get("/hub/login")
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+    assert xsrf is not None, page.text[:500]
+    answer = client.post(
+        "/hub/login", data={"username": name, "password": password, "_xsrf": xsrf.group(1)}, follow_redirects=False
+    )
+    return answer.status_code
+
+
+def signed_in_as(client: httpx.Client) -> str | None:
+    """Who the hub takes `client`'s cookies for (GET /hub/api/user), or None."""
+    answer = client.get("/hub/api/user")
+    return str(answer.json()["name"]) if answer.status_code == 200 else None
 
 
 def expect_hub(hub: RealJupyterHub, name: str, password: str, status: int) -> None:
@@ -639,8 +651,19 @@ def test_the_hub_logs_the_student_in_with_the_password_the_app_received(
         expect_hub(hub, "student7060", second, 302)
         expect_hub(hub, "student7060", first, 403)
 
-        assert daemon.send("CLEANUP 7060 c2")[0] == 250
-        assert site.wait_jobs(3)[2][3] == "done"
+        with httpx.Client(base_url=hub.url, timeout=30) as holder:  # keeps the hub's cookies
+            assert log_in(holder, "student7060", second) == 302 and signed_in_as(holder) == "student7060"
+            assert daemon.send("CLEANUP 7060 c2")[0] == 250
+            assert site.wait_jobs(3)[2][3] == "done"
+            # The login cookie the holder kept is no way back in (it would start the seat's
+            # server again, and reach the next holder's).
+            assert signed_in_as(holder) is None
+            assert holder.get("/hub/spawn", follow_redirects=False).status_code in (302, 403)
+        with site.db() as conn:
+            (outcome,) = conn.execute(
+                "SELECT result FROM steps WHERE job_id = 3 AND name = 'end JupyterHub logins'"
+            ).fetchone()
+        assert json.loads(outcome).startswith("signed out"), outcome
         expect_hub(hub, "student7060", second, 403)  # the CREATE password no longer works
         third = wait_new_password(app, 7060, second)
         expect_hub(hub, "student7060", third, 302)  # the rotated one (no one was told it) does

@@ -146,7 +146,32 @@ def test_purge_stops_the_server(site: Site, real_hub: RealJupyterHub, daemon_fac
     purge = site.wait_jobs(2)[1]
     assert purge[1:4] == ("PURGE", 12, "done"), purge
     assert step(site, purge[0], STOP)[:2] == ("done", "stopped")
-    assert real_hub.server("student12") is None
+    assert step(site, purge[0], "end JupyterHub logins")[:2] == ("done", "signed out (hub user deleted and made again)")
+    assert real_hub.server("student12") is None and real_hub.user("student12") is not None
+
+
+async def test_ending_logins_makes_a_new_user_row_and_keeps_what_the_api_cannot_give_back(
+    real_hub: RealJupyterHub,
+) -> None:
+    """The user is made again (a new row: the hub's login cookies are keyed to it); a user
+    the hub does not have has no login to end; an admin user (the stand-in's: wodmail's
+    token may not make one on the real hub) is kept as it was, and the outcome says so."""
+    name = "student18"
+    assert real_hub.api("POST", f"/users/{name}").status_code == 201
+    try:
+        created = (real_hub.user(name) or {})["created"]
+        async with HttpClient() as client:
+            hub = Hub(real_hub.url, real_hub.token, client)
+            assert (await hub.sign_out(name)).startswith("signed out")
+            assert (real_hub.user(name) or {})["created"] != created
+            assert await hub.sign_out("student19") == "no such hub user: no login to end"
+            with JupyterHubStandin(users=[name]) as standin:
+                standin.admins.add(name)
+                kept = await Hub(standin.url, standin.token, client).sign_out(name)
+                assert kept == "not signed out: the hub user has admin rights, which the API cannot give back", kept
+                assert standin.deleted == [] and standin.users == [name]
+    finally:
+        real_hub.api("DELETE", f"/users/{name}")
 
 
 def test_missing_hub_user_is_created_when_the_location_says_so(

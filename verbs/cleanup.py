@@ -17,8 +17,9 @@ spec = VerbSpec(
     aliases=("DELETE",),
     hook="cleanup",
     description=(
-        "Rotate the password (the student is locked out), stop the JupyterHub server and end every"
-        " process of the student; run the workshop's cleanup scripts and its cleanup hook (they may bring"
+        "Rotate the password (the student is locked out), stop the JupyterHub server, end the student's"
+        " JupyterHub logins and every process of the student; run the workshop's cleanup scripts and its"
+        " cleanup hook (they may bring"
         " the student's work back from lab containers); then compute the completion percentage and"
         " report it; a reset workshop keeps the home for RESET, any other has its home erased; finally"
         " mark the customer cleaned."
@@ -37,6 +38,7 @@ async def run(job: JobRun, services: Services) -> str:
     await job.step("rotate password", services.set_password, stdid, workshop, password)
     if services.hub is not None:
         await job.step("stop JupyterHub server", services.hub.stop, command.student_name)
+        await job.step("end JupyterHub logins", services.hub.sign_out, command.student_name)
     await job.step("end processes", services.homes.end_processes, stdid)
     # The cleanup scripts and hook first (a container workshop copies the notebooks back out of
     # its lab there), the completion after, as the original computed it.

@@ -16,7 +16,8 @@ spec = VerbSpec(
     plannable=True,
     workshop_required=False,
     description=(
-        "Stop the JupyterHub server, rotate the password, end every process of the student, unassign"
+        "Stop the JupyterHub server and end its logins, rotate the password, end every process of the"
+        " student, unassign"
         " the student and report the new password, erase the home."
     ),
 )
@@ -30,6 +31,7 @@ async def run(job: JobRun, services: Services) -> str:
 
     if services.hub is not None:
         await job.step("stop JupyterHub server", services.hub.stop, command.student_name)
+        await job.step("end JupyterHub logins", services.hub.sign_out, command.student_name)
     await job.step("rotate password", services.set_password, stdid, workshop, password)
     await job.step("end processes", services.homes.end_processes, stdid)
     await job.callbacks(

@@ -20,7 +20,8 @@ spec = VerbSpec(
     reset_only=True,
     hook="reset",
     description=(
-        "Rotate every student's password (all at once), stop each JupyterHub server; end every process of"
+        "Rotate every student's password (all at once), stop each JupyterHub server and end its logins;"
+        " end every process of"
         " every student (all at once); then run the workshop's reset scripts (for each student) and its reset"
         " hook (a script or a hook is required); then for each student: unassign, erase the home; a range"
         " also sets the workshop's capacity back to the range's size."
@@ -53,6 +54,7 @@ async def run(job: JobRun, services: Services) -> str:
     for stdid in command.students:
         if services.hub is not None:
             await job.step(f"stop JupyterHub server student{stdid}", services.hub.stop, f"student{stdid}")
+            await job.step(f"end JupyterHub logins student{stdid}", services.hub.sign_out, f"student{stdid}")
     await job.step("end processes", services.homes.end_processes_of, list(command.students))
 
     # The site's reset scripts, once per student (each with its own stdid, randompw, WODRTARGET).

@@ -8,11 +8,15 @@
                                                        pending spawn (older hubs), 404 no user
     GET    {JPHUBAPISRV}/hub/api/users/{name}          the user model: servers[""] ready/pending
     POST   {JPHUBAPISRV}/hub/api/users/{name}          create the user (201; 409 exists)
+    DELETE {JPHUBAPISRV}/hub/api/users/{name}          delete the user, its cookies and tokens
+                                                       (204; 400 stop pending; 404 no user)
     GET    {JPHUBAPISRV}/hub/api/users/{name}/server/progress   why a spawn failed
     Authorization: token {JPHUBTOKEN}
 
 The token's role needs the scopes `servers` (read, start, stop) and `read:users`, and
-`admin:users` when HUBCREATEUSERS is true (`admin:users` includes `read:users`).
+`admin:users` when HUBCREATEUSERS is true (`admin:users` includes `read:users`). CLEANUP,
+PURGE and RESET end the former holder's hub logins by deleting the user and making it again
+(`sign_out`): that needs `admin:users` too; without it they say the logins stay valid.
 
 A pending spawn or stop is followed (GET the user model) until it ends, for at most
 HUBSPAWNTIMEOUT seconds: a spawn still pending then fails the step for good (the operator
@@ -158,6 +162,40 @@ class Hub:
             raise self._error("stop the server of", name, response)
         return _with_notes(outcome, notes)
 
+    async def sign_out(self, name: str) -> str:
+        """End every login of `name` on the hub, before the seat goes to someone else.
+
+        A hub login cookie is keyed to the user's row, not to the password: a former holder
+        who kept it could start the seat's server again, and after the next CREATE reach the
+        next holder's. Stopping the server and rotating the password end neither. The user is
+        deleted (its cookies and tokens with it; the hub stops a running server first) and
+        made again. A user with more than the API can give back (admin, groups, roles other
+        than `user`) is kept as it is, and so is one the token may not delete: the outcome
+        says so and a warning is logged.
+        """
+        quoted = urllib.parse.quote(name, safe="")
+        try:
+            model = await self.user(name)
+        except StepFailed:
+            return "no such hub user: no login to end"
+        extra = _beyond_the_api(model)
+        if extra:
+            log.warning("JupyterHub user %s has %s: kept, so its logins stay valid", name, extra)
+            return f"not signed out: the hub user has {extra}, which the API cannot give back"
+        notes: list[str] = []
+        response = await self._send("DELETE", f"/users/{quoted}", notes)
+        if response.status_code == 403:
+            log.warning(
+                "JupyterHub refused to delete user %s (the token needs admin:users): its logins stay valid", name
+            )
+            return "not signed out: the hub's token may not delete users (it needs the scope admin:users)"
+        if response.status_code == 400:  # a stop still under way: this step again, later
+            raise TransientError(f"JupyterHub cannot delete {name} yet: {_message(response)}")
+        if response.status_code not in (204, 404):
+            raise self._error("delete the user", name, response)
+        await self.create_user(name)
+        return _with_notes("signed out (hub user deleted and made again)", notes)
+
     async def create_user(self, name: str) -> str:
         """Create the hub user `name`; one that already exists is fine."""
         response = await self._send("POST", f"/users/{urllib.parse.quote(name, safe='')}", [])
@@ -276,6 +314,20 @@ class Hub:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "********") if self._token else text
+
+
+def _beyond_the_api(model: dict[str, Any]) -> str:
+    """What of a hub user's model a delete would lose and the API cannot give back ("" if nothing)."""
+    extra = []
+    if model.get("admin"):
+        extra.append("admin rights")
+    groups = model.get("groups") or []
+    if groups:
+        extra.append(f"groups {', '.join(map(str, groups))}")
+    roles = [str(role) for role in model.get("roles") or [] if role != "user"]
+    if roles:
+        extra.append(f"roles {', '.join(roles)}")
+    return " and ".join(extra)
 
 
 def _server_path(name: str) -> str:

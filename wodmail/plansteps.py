@@ -339,6 +339,17 @@ class StepPlanner:
     async def _hub_stop(self, name: str) -> Described:
         return Described("hub", self._hub_call("DELETE", name, f"stop {name}'s JupyterHub server, wait until gone"))
 
+    async def _hub_sign_out(self, name: str) -> Described:
+        hub = self.services.hub
+        assert hub is not None  # the verb asks only when there is one
+        user = f"{hub.url}/hub/api/users/{urllib.parse.quote(name, safe='')}"
+        self.hub_calls += [f"DELETE {user}", f"POST {user}"]
+        return Described(
+            "hub",
+            f"end {name}'s JupyterHub logins, if the hub has the user: delete it and make it again"
+            f" (DELETE, then POST {user})",
+        )
+
     def _hub_call(self, method: str, name: str, what: str) -> str:
         hub = self.services.hub
         assert hub is not None  # the verb asks only when there is one
@@ -363,6 +374,7 @@ _DESCRIBERS: dict[object, Describer] = {
     Services.remove_student_variables: StepPlanner._remove_student_variables,
     Hub.start: StepPlanner._hub_start,
     Hub.stop: StepPlanner._hub_stop,
+    Hub.sign_out: StepPlanner._hub_sign_out,
 }
 
 
