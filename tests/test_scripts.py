@@ -72,6 +72,9 @@ def test_benchmark_short_form(tmp_path: Path) -> None:
         assert figures["cpu_ms_per_command"] == pytest.approx(
             figures["doors_cpu_ms_per_command"] + figures["jobs_cpu_ms_per_command"]
         )
+        if "ACCOUNTS: unix" in report["accounts"]:  # as root: every password went through chpasswd, batched
+            runs = figures["password_runs"]
+            assert runs["lines"] == 20 and 1 <= runs["runs"] <= 20, runs
     assert report["bare_aiosmtpd_per_s"] > 0
     assert 20 < report["peak_rss_mib"] < 1024
     assert 1 <= report["ldap_connections_opened"] <= 4
