@@ -179,7 +179,7 @@ async def test_the_password_is_a_shadow_hash_in_the_systems_scheme_and_pam_takes
     assert result.startswith("host password set, chpasswd run 1 of 1 line(s)"), result
     hashed = shadow_hash("student7001")
     scheme = system_scheme()
-    assert hashed.startswith({"yescrypt": "$y$", "sha512": "$6$"}[scheme]), (scheme, hashed[:4])
+    assert hashed.startswith({"yescrypt": "$y$j55$", "sha512": "$6$rounds=1000$"}[scheme]), (scheme, hashed[:7])
     expect_nowhere(first, Path("/etc/shadow").read_text())
     expect_pam("student7001", first)
     # the rest of the line is as it was, but for the day of the last change: today
@@ -203,6 +203,10 @@ def test_the_scheme_is_read_from_pam_then_login_defs(tmp_path: Path) -> None:
         made = hash_password("pw", scheme)
         assert made.startswith(prefix) and crypt_matches("pw", made) and not crypt_matches("pX", made)
         assert hash_password("pw", scheme) != made  # a fresh salt each time
+    # yescrypt's default: libxcrypt's cost 1 with N lowered to 2^8 (wodmail.shadow); a cost set is libxcrypt's
+    cheap, cost_1, cost_5 = (hash_password("pw", "yescrypt", cost) for cost in (None, 1, 5))
+    assert (cheap[:7], cost_1[:7], cost_5[:7]) == ("$y$j55$", "$y$j75$", "$y$j9T$")
+    assert all(crypt_matches("pw", made) and not crypt_matches("pX", made) for made in (cheap, cost_1, cost_5))
     default_rounds = hash_password("pw", "sha512", 5000)
     assert default_rounds.startswith("$6$") and "rounds=" not in default_rounds
     assert "$6$rounds=20000$" in hash_password("pw", "sha512", 20000)

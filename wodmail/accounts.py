@@ -51,10 +51,10 @@ from wodmail.errors import ConfigError, StepFailed, TransientError
 from wodmail.homeaccess import KeyPair, acl_id, apply_acl, install_key_pair, new_key_pair
 from wodmail.location import AccountSettings, Location
 from wodmail.shadow import (
-    CHEAPEST,
     TOOL_PATH,
     Entry,
     PasswdFile,
+    describe_cost,
     hash_password,
     hashers,
     run_tool,
@@ -132,8 +132,8 @@ class Accounts:
     def describe(self) -> str:
         parts = []
         if self.sets_passwords:
-            cost = self.settings.hash_cost or CHEAPEST[self.scheme]
-            parts.append(f"host passwords ({self.scheme}, cost {cost}) through chpasswd -e")
+            cost = describe_cost(self.scheme, self.settings.hash_cost)
+            parts.append(f"host passwords ({self.scheme}, {cost}) through chpasswd -e")
             if self.settings.create:
                 parts.append(f"missing accounts created (uids {self.settings.uid_min}..{self.settings.uid_max})")
         if self.settings.ssh_key != "none":
@@ -181,8 +181,8 @@ class Accounts:
             entry = await self._create(stdid)
             created = " (account created)"
             self._check(stdid, entry)
-        # In a thread: libcrypt runs without the GIL (ctypes lets it go), so even the cheapest
-        # cost (1.6 ms, a sixth of a CREATE's CPU) runs on the other core while the loop goes on.
+        # In a thread: libcrypt runs without the GIL (ctypes lets it go), so even the default
+        # cost (0.4 ms) runs on the other core while the loop goes on.
         # The next chpasswd run waits for the hashes under way (`_company`): a RESET's range
         # still goes in one run.
         self._hashes_started += 1

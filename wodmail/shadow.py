@@ -4,8 +4,16 @@ and the shadow-utils tools run with an environment of their own.
 
 The hash's cost: the passwords wodmail makes are 16 random letters and digits (95 bits, see
 wodmail.passwords). A hash's cost protects guessable passwords; against 2^95 guesses it adds
-nothing, and it is paid on every change and every login. So the default cost is the scheme's
-lowest (yescrypt 1: 1.5 ms here; sha512 1000 rounds: 0.6 ms); ACCOUNTHASHCOST sets another.
+nothing, and it is paid on every change and every login. So the default is cheap:
+
+- yescrypt: N=256 blocks of 1 KiB (256 KiB, 0.4 ms here), a quarter of libxcrypt's cheapest
+  cost 1 (N=1024: 1 MiB, 1.5 ms, half of it the kernel zeroing the fresh memory libxcrypt
+  maps for every hash). crypt_gensalt makes the cost-1 setting ("$y$j75$" and the salt);
+  its N is then lowered from 2^10 to 2^8 ("$y$j55$"), a setting yescrypt's own encoding
+  allows and pam_unix checks like any other (libcrypt reads the parameters from the hash);
+- sha512: 1000 rounds, the least the scheme allows (0.9 ms).
+
+ACCOUNTHASHCOST sets libxcrypt's cost (yescrypt 1..11) or sha512's rounds instead.
 """
 
 from __future__ import annotations
@@ -46,6 +54,10 @@ TOOL_TIMEOUT = 60.0
 #: The schemes' crypt(5) prefixes and their cheapest cost (see the module's docstring).
 PREFIXES = {"yescrypt": b"$y$", "sha512": b"$6$"}
 CHEAPEST = {"yescrypt": 1, "sha512": 1000}
+#: The default yescrypt setting's parameters: libxcrypt's cost 1 ("j": its default flags,
+#: "7": N=2^10, "5": r=8) with N lowered to 2^8 ("5"). See the module's docstring.
+YESCRYPT_COST_1 = b"$y$j75$"
+YESCRYPT_DEFAULT = b"$y$j55$"
 _HASH_RE = re.compile(r"\$(y|6)\$[./0-9A-Za-z$=]{8,200}")
 _PAM_FILES = ("/etc/pam.d/common-password", "/etc/pam.d/system-auth", "/etc/pam.d/password-auth")
 
@@ -104,6 +116,15 @@ def system_scheme(pam_files: Iterable[str] = _PAM_FILES, defs: dict[str, str] | 
     return "yescrypt"
 
 
+def describe_cost(scheme: str, cost: int | None) -> str:
+    """The hash's cost in words, for the start's log."""
+    if cost is None and scheme == "yescrypt":
+        return "N=256 r=8, 256 KiB"
+    if scheme == "sha512":
+        return f"{cost or CHEAPEST[scheme]} rounds"
+    return f"cost {cost or CHEAPEST[scheme]}"
+
+
 def hash_password(password: str, scheme: str, cost: int | None = None) -> str:
     """A crypt(5) hash of `password` with a fresh random salt (libcrypt, in this process)."""
     prefix = PREFIXES[scheme]
@@ -113,6 +134,8 @@ def hash_password(password: str, scheme: str, cost: int | None = None) -> str:
     made = lib.crypt_gensalt_rn(prefix, cost or CHEAPEST[scheme], entropy, len(entropy), setting, len(setting))
     if not made:
         raise StepFailed(f"libcrypt cannot make a {scheme} salt: {os.strerror(ctypes.get_errno())}")
+    if scheme == "yescrypt" and cost is None and setting.value.startswith(YESCRYPT_COST_1):
+        setting.value = YESCRYPT_DEFAULT + setting.value[len(YESCRYPT_COST_1) :]
     data = ctypes.create_string_buffer(32768)  # struct crypt_data
     result = lib.crypt_rn(password.encode(), setting.value, data, len(data))
     if not result or result.startswith(b"*"):

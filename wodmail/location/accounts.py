@@ -36,8 +36,8 @@ class AccountSettings:
     hash_scheme: str = keys.ACCOUNTHASH.standard
     """ACCOUNTHASH: system, yescrypt or sha512."""
     hash_cost: int | None = None
-    """ACCOUNTHASHCOST: yescrypt's cost (1..11) or sha512's rounds (1000..999999999); None: the
-    cheapest (wodmail's passwords are random: see wodmail.shadow)."""
+    """ACCOUNTHASHCOST: yescrypt's cost (1..11) or sha512's rounds (1000..999999999); None: cheap
+    (yescrypt N=256, sha512 1000 rounds: wodmail's passwords are random, see wodmail.shadow)."""
     create: bool = keys.ACCOUNTCREATE.standard
     """ACCOUNTCREATE: create a missing student{N} (true) or fail the job (false)."""
     uid_min: int = keys.UID_MIN_DEFAULT

@@ -266,7 +266,7 @@ LDAPENTRYTEMPLATE: Key[Path | None] = _key("LDAPENTRYTEMPLATE", PathValue(), Non
 ACCOUNTS: Key[str] = _key("ACCOUNTS", Choice(ACCOUNT_MODES), "none", "unix: set student{N}'s password in /etc/shadow")
 ACCOUNTHASH: Key[str] = _key("ACCOUNTHASH", Choice(HASH_SCHEMES), "system", "the shadow hash's scheme")
 ACCOUNTHASHCOST: Key[int | None] = _key(
-    "ACCOUNTHASHCOST", Integer(1, 999_999_999), None, "yescrypt's cost or sha512's rounds; absent: the cheapest"
+    "ACCOUNTHASHCOST", Integer(1, 999_999_999), None, "yescrypt's cost or sha512 rounds; absent: cheap (see the README)"
 )
 ACCOUNTCREATE: Key[bool] = _key("ACCOUNTCREATE", flag, False, "create a missing student{N}")
 ACCOUNTUIDMIN: Key[int] = _key(
