@@ -30,9 +30,10 @@ from tests.conftest import DATA, Daemon, Site, wodmail
 from wodmail import admin
 from wodmail.errors import NotPermitted
 from wodmail.inbound import InboundMail, Reply
+from wodmail.location import load_location
 from wodmail.peers import HostPeers, LocalClient
 from wodmail.received import relay_address
-from wodmail.trust import student_accounts
+from wodmail.trust import shared_host_warnings, student_accounts
 
 STUDENT = "wodtrust1"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -449,16 +450,64 @@ def test_check_and_the_start_log_warn_on_a_host_with_students(
         checked = wodmail(site, "check")
         assert checked.returncode == 0, checked.stderr
         warnings = [line for line in checked.stderr.decode().splitlines() if line.startswith("WARNING: SHARED HOST")]
+        # and one for set-ID programs where students write, unless all of it is mounted nosuid
+        set_id = [warning for warning in warnings if "set-user-ID programs" in warning]
+        honoured = [folder for folder in (site.student_dir, "/tmp", "/var/tmp", "/dev/shm") if set_id_honoured(folder)]
+        assert len(set_id) == (1 if honoured else 0), (honoured, checked.stderr)
+        assert all(str(folder) in set_id[0] for folder in honoured)
+        warnings = [warning for warning in warnings if warning not in set_id]
         assert len(warnings) == 3, checked.stderr
         assert "TRUSTEDPEERS lists loopback (127.0.0.0/8, ::1/128)" in warnings[0]
         assert "LEGACYPEERS lists loopback" in warnings[1] and "TRUSTEDPEERS lists `local`" in warnings[2]
-        assert all(account in warning for warning in warnings)
+        assert all(account in warning for warning in warnings + set_id)
         daemon = daemon_factory()
         daemon.stop()
-        assert daemon.logs().count("WARNING wodmail.daemon: SHARED HOST") == 3
-        # The site examples' way: only the registration app. Nothing to warn about.
+        assert daemon.logs().count("WARNING wodmail.daemon: SHARED HOST") == 3 + len(set_id)
+        # The site examples' way: only the registration app. Nothing to warn about but set-ID programs.
         site.values.update(TRUSTEDPEERS=[APP], LEGACYPEERS=[APP])
         site.write()
-        assert b"SHARED HOST" not in wodmail(site, "check").stderr
+        shared = [line for line in wodmail(site, "check").stderr.decode().splitlines() if "SHARED HOST" in line]
+        assert shared == set_id
     finally:
         subprocess.run(["userdel", account], capture_output=True, check=False)
+
+
+def set_id_honoured(folder: Path | str) -> bool:
+    """Whether the filesystem `folder` is on honours set-ID bits, as findmnt(8) tells."""
+    options = subprocess.run(
+        ["findmnt", "--noheadings", "--output", "OPTIONS", "--target", str(folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split(",")
+    return "nosuid" not in [option.strip() for option in options]
+
+
+def test_set_id_programs_where_students_write_are_warned_of_per_mount(site: Site) -> None:
+    """Mounts read from mountinfo(5): STUDENTDIR and the shared folders, each mount once;
+    nothing when all are nosuid, or when the host has no student account."""
+    stdid = 987655
+    site.values.update(STUDENTMIN=stdid - 1, STUDENTMAX=stdid + 1, CATALOGWORKSHOPS="listed")
+    site.workshops = {"WKSHP-Sample": {"range": [stdid - 1, stdid + 1]}}
+    location = load_location(site.write())
+    homes = str(site.student_dir)
+    everything = "\n".join(
+        [
+            "21 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw",
+            "22 21 0:5 / /dev/shm rw,nosuid,nodev shared:2 - tmpfs tmpfs rw",
+            f"23 21 8:2 / {homes} rw,relatime shared:3 - ext4 /dev/sda2 rw",
+        ]
+    )
+    nosuid = everything.replace("rw,relatime", "rw,nosuid,relatime")
+    subprocess.run(["userdel", f"student{stdid}"], capture_output=True, check=False)
+    assert shared_host_warnings(location, everything) == []  # no student account: not a shared host
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", f"student{stdid}"], check=True)
+    try:
+        found = [warning for warning in shared_host_warnings(location, everything) if "set-ID" in warning]
+        assert len(found) == 1, found
+        assert f"STUDENTDIR {homes} (mounted on {homes})" in found[0]
+        assert "/tmp, /var/tmp, /run/lock (mounted on /)" in found[0] and "/dev/shm" not in found[0]
+        assert f"student{stdid}" in found[0] and "mount them nosuid" in found[0]
+        assert not [warning for warning in shared_host_warnings(location, nosuid) if "set-ID" in warning]
+    finally:
+        subprocess.run(["userdel", f"student{stdid}"], capture_output=True, check=False)

@@ -451,22 +451,23 @@ def _copy_file(source: str, folder: int, name: str, mode: int) -> None:
 
 def mount_options_of(path: Path, mountinfo: str | None = None) -> set[str]:
     """The mount and superblock options of the filesystem `path` is on (empty if unknown)."""
-    return set(_mount_of(path, mountinfo)[1])
+    return set(mount_of(path, mountinfo)[2])
 
 
 def filesystem_of(path: Path, mountinfo: str | None = None) -> str:
     """The type of the filesystem `path` is on (or would be, if it does not exist yet), from
     /proc/self/mountinfo (or the `mountinfo` text given); "" when it cannot be told."""
-    return _mount_of(path, mountinfo)[0]
+    return mount_of(path, mountinfo)[1]
 
 
-def _mount_of(path: Path, mountinfo: str | None = None) -> tuple[str, list[str]]:
-    """(type, options) of the deepest mount holding `path`, from mountinfo(5)."""
+def mount_of(path: Path, mountinfo: str | None = None) -> tuple[str, str, list[str]]:
+    """(mount point, type, options) of the deepest mount holding `path`, from mountinfo(5);
+    ("", "", []) when it cannot be told."""
     path, tail = Path(os.path.abspath(path)), ""
     while not path.exists() and path != path.parent:  # a folder to come is on its parent's
         path, tail = path.parent, os.path.join(path.name, tail)
     real = os.path.join(os.path.realpath(path), tail).rstrip("/") or "/"
-    best, found = "", ("", list[str]())
+    best, found = "", ("", "", list[str]())
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
@@ -481,5 +482,5 @@ def _mount_of(path: Path, mountinfo: str | None = None) -> tuple[str, list[str]]
         inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
         if inside and len(mount_point) >= len(best):
             options = parts[5].split(",") + (tail_fields[2].split(",") if len(tail_fields) > 2 else [])
-            best, found = mount_point, (tail_fields[0], options)
+            best, found = mount_point, (mount_point, tail_fields[0], options)
     return found
