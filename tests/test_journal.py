@@ -6,6 +6,7 @@ recorded only after the homes are flushed; callbacks are queued with their step,
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +119,24 @@ async def test_a_step_on_disk_is_recorded_only_after_the_homes_are_flushed(jobs:
     await run.step("read only", write)
     await run.flush()
     assert len(flushes) == 1  # nothing on disk since: no flush
+
+
+async def test_a_held_step_is_recorded_with_its_own_duration_not_the_flush(jobs: Queue) -> None:
+    """`wodmail jobs show` and the benchmark read a step's time from its record: a step held
+    for the homes' flush took what it took, not until the flush."""
+
+    async def flush_disk() -> None:
+        await asyncio.sleep(0.5)
+
+    async def write() -> str:
+        await asyncio.sleep(0.05)
+        return "written"
+
+    run = await jobs.run(flush_disk=flush_disk)
+    await run.step("deploy", write, on_disk=True)
+    await run.flush()
+    (step,) = jobs.read(lambda conn: queue.steps_of(conn, jobs.job.id))
+    assert step.finished is not None and 0.05 <= step.finished - step.started < 0.4, step
 
 
 async def test_callbacks_are_queued_once_after_the_held_steps(jobs: Queue) -> None:

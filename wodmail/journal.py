@@ -88,11 +88,12 @@ class JobRun:
                 queue.step_failed(self.job.id, name, started, f"internal error: {type(exc).__name__}: {exc}")
             )
             raise
+        finished = time.time()
         if self._on_step is not None:
-            self._on_step(self.command.verb, name, time.time() - started)
+            self._on_step(self.command.verb, name, finished - started)
         await crash_point(self.command, name, "done")
         self._done[name] = result
-        write = queue.step_done(self.job.id, self.command.stdid, name, started, result)
+        write = queue.step_done(self.job.id, self.command.stdid, name, started, result, finished=finished)
         if on_disk or self._held:
             self._disk_written = self._disk_written or on_disk
             self._held.append(write)

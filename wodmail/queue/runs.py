@@ -73,13 +73,16 @@ def step_done(
     started: float,
     result: Any = None,
     callbacks: Iterable[Callback] = (),
+    finished: float | None = None,
 ) -> Callable[[sqlite3.Connection], None]:
     """Record a finished step and, in the same transaction, the callbacks it produced (an
-    activating one expires at the job's deadline, if it has one)."""
+    activating one expires at the job's deadline, if it has one). `finished`: when the step
+    ended (a step held until the homes are flushed is recorded later); None: now."""
     made = tuple(callbacks)
 
     def run(conn: sqlite3.Connection) -> None:
         now = time.time()
+        ended = finished if finished is not None else now
         deadline = None
         if any(activates(cb) for cb in made):
             row = conn.execute("SELECT deadline FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -88,7 +91,7 @@ def step_done(
             "INSERT INTO steps (job_id, name, state, started, finished, result) VALUES (?, ?, 'done', ?, ?, ?)"
             " ON CONFLICT (job_id, name) DO UPDATE SET state = 'done', finished = excluded.finished,"
             " result = excluded.result, error = NULL, attempts = attempts + 1",
-            (job_id, name, started, now, json.dumps(result) if result is not None else None),
+            (job_id, name, started, ended, json.dumps(result) if result is not None else None),
         )
         conn.executemany(
             "INSERT INTO outbox (job_id, student, method, path, body, secret_field, secret_name, created, expires)"
