@@ -50,6 +50,7 @@ import yaml
 from tests.conftest import Daemon, Site, with_app
 from tests.standins import RegistrationApp
 from wodmail.homes import filesystem_of
+from wodmail.location import keys
 
 TICKS = os.sysconf("SC_CLK_TCK")
 NOTEBOOKS = 10
@@ -568,9 +569,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             STUDENTDIR=str(site.student_dir),
             WORKSHOPDIR=str(root / "catalog"),
             STUDENTMAX=max(2000, args.count),
-            WORKERS=args.workers,
             SMTPPEERCONNECTIONS=args.connections + 10,  # the registration app is one peer
         )
+        if args.workers is not None:
+            site.values["WORKERS"] = args.workers
+        else:  # the location's default
+            site.values.pop("WORKERS", None)
+        report["workers"] = args.workers if args.workers is not None else keys.WORKERS.standard
         report["create_step"] = args.create_step
         if args.create_step == "script":
             site.values["SCRIPTDIR"] = str(write_create_script(root / "scripts"))
@@ -692,6 +697,7 @@ def table(report: dict[str, Any]) -> str:
     value_width = max(len(r[1]) for r in rows)
     head = f"wodmail benchmark: {report['count']} commands, {report['connections']} SMTP connections"
     head += ", LDAP on" if report["ldap"] else ", LDAP off"
+    head += f", {report['workers']} workers"
     if report.get("create_step", "none") != "none":
         head += f", a create {report['create_step']} per CREATE"
     head += f"; STATEDIR and homes on {report['daemon_files_on']}; {report['accounts']}"
@@ -702,7 +708,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--workers", type=int, help="WORKERS for the run (default: the location's default)")
     parser.add_argument("--ansible-students", type=int, default=5)
     parser.add_argument("--no-ldap", action="store_true", help="a workshop without LDAP (no slapd needed)")
     parser.add_argument(

@@ -7,6 +7,7 @@ content folders WKSHP-Alpha, WKSHP-Beta and WKSHP-Reset beside them) and loads t
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from ipaddress import IPv4Network, IPv6Network
@@ -92,7 +93,7 @@ def test_a_minimal_location_takes_the_defaults(tmp_path: Path) -> None:
     assert location.trusted_senders == ()
     assert (location.api_endpoint, location.api_user, location.api_password) == (None, None, None)
     assert (location.hub_url, location.hub_token, location.ldap_uri) == (None, None, None)
-    assert (location.workers, location.max_message_size) == (8, 65536)
+    assert (location.workers, location.jobs.hook_slots, location.max_message_size) == (64, os.cpu_count(), 65536)
     assert location.student_home(12) == tmp_path / "students" / "student12"
 
 
@@ -111,6 +112,7 @@ def test_every_wodmail_key_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert location.playbook_dir == tmp_path / "playbooks"
     assert location.skel_dir == tmp_path / "skel"
     assert (location.base_stdid, location.workers, location.max_message_size) == (3000, 32, 10000)
+    assert location.jobs.hook_slots == 3
     assert location.ldap_uri == "ldap://ldap.example.com:389"
     assert location.values["LDAPBINDDN"] == "cn=admin,dc=example,dc=com"
     assert "LDAPBINDPW" not in location.template_variables()

@@ -536,3 +536,35 @@ def test_an_appliance_workshop_needs_its_base_address(site: Site, tmp_path: Path
     # Without a script folder nothing uses the address: the flags alone are no error.
     del site.values["SCRIPTDIR"], site.values[f"IP-{MONO}"], site.values[f"IP-{MULTI}"]
     assert load_location(site.write()).scripts.appliance_ips == {}
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_hookslots_bounds_the_scripts_running_at_once_not_the_jobs(
+    site: Site, daemon_factory: Callable[..., Daemon], tmp_path: Path, slots: int
+) -> None:
+    """Six CREATEs at once, each with a create script that takes 0.4 s: with HOOKSLOTS 1 the
+    scripts run one after the other, with 3 up to three at a time; WORKERS (8) is the same."""
+    scripts, records = tmp_path / "scripts", tmp_path / "records"
+    scripts.mkdir()
+    write_script(
+        scripts,
+        "create-WKSHP-Sample.sh",
+        f'#!/bin/bash\necho "$stdid start $(date +%s.%N)" >> {records}\nsleep 0.4\n'
+        f'echo "$stdid end $(date +%s.%N)" >> {records}\n',
+    )
+    site.values.update(SCRIPTDIR=str(scripts), HOOKSLOTS=slots)
+    daemon = daemon_factory()
+    for stdid in range(1, 7):
+        code, reply = daemon.send(f"CREATE {stdid} c{stdid} p{stdid}@example.com")
+        assert code == 250, reply
+    jobs = site.wait_jobs(6, timeout=60)
+    assert [job[3] for job in jobs] == ["done"] * 6, jobs
+    events = sorted(
+        (float(when), change) for _, change, when in (line.split() for line in records.read_text().splitlines())
+    )
+    assert len(events) == 12, events
+    running, most = 0, 0
+    for _, change in events:
+        running += 1 if change == "start" else -1
+        most = max(most, running)
+    assert most == slots, events

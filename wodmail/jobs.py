@@ -157,7 +157,12 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
             tasks.append(asyncio.create_task(outbox.run(), name="outbox"))
         if figures is not None:
             tasks.append(asyncio.create_task(figures.publish_every(location.state_dir), name="figures"))
-        log.info("jobs process ready (%d workers); %s", location.workers, services.homes.describe())
+        log.info(
+            "jobs process ready (%d workers, %d hook slots); %s",
+            location.workers,
+            location.jobs.hook_slots,
+            services.homes.describe(),
+        )
         if why := services.homes.not_durable():
             log.warning("steps are recorded after a flush, but %s", why)
         if services.homes.trash.exists():  # homes a crash left set aside: the keeper erases them

@@ -9,10 +9,13 @@ callbacks they ask for are plain data (wodmail.callbacks).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from wodmail.accounts import Accounts
@@ -97,6 +100,17 @@ class Services:
         """`workshop`'s executable `stage` scripts (create, post-copy, cleanup, reset), public first."""
         return self.scripts.find(workshop, stage)
 
+    @functools.cached_property
+    def hook_slots(self) -> asyncio.Semaphore:
+        """The workshop scripts and playbooks that may run at once (HOOKSLOTS): each is a
+        process of its own (an ansible-playbook takes seconds of CPU and 100 MB), so a burst
+        of WORKERS jobs runs them a core's worth at a time while its other steps go on."""
+        return asyncio.Semaphore(self.location.jobs.hook_slots)
+
+    async def _run_script(self, script: WorkshopScript, env: Mapping[str, str], clear: Path | None, job: str) -> str:
+        async with self.hook_slots:
+            return await self.scripts.run(script, env, clear, job)
+
     async def run_scripts(self, job: JobRun, workshop: Workshop, stage: str, stdid: int, password: str) -> int:
         """Run `workshop`'s `stage` scripts for student{stdid}, each one step of `job` (a script
         whose step is recorded is not run again); how many it has. The first create script's
@@ -112,8 +126,9 @@ class Services:
         suffix = f" student{stdid}" if stage == "reset" else ""
         for number, script in enumerate(found):
             first_clear = clear if number == 0 else None
-            run = self.scripts.run
-            await job.step(script.step + suffix, run, script, env, first_clear, f"job {job.id}", on_disk=True)
+            await job.step(
+                script.step + suffix, self._run_script, script, env, first_clear, f"job {job.id}", on_disk=True
+            )
         return len(found)
 
     async def _script_workshop_id(self, workshop: Workshop) -> int | None:
@@ -230,4 +245,5 @@ class Services:
         if path is None:
             return f"no {hook} hook"
         secrets = [str(variables["PASSSTU"])] if "PASSSTU" in variables else []
-        return await self.playbooks.run(path, variables, tag=f"job{job.id}-{hook}", secrets=secrets)
+        async with self.hook_slots:
+            return await self.playbooks.run(path, variables, tag=f"job{job.id}-{hook}", secrets=secrets)

@@ -179,7 +179,10 @@ STUDENTMAX: Key[int] = _key(
     "STUDENTMAX", Integer(0, MAX_STDID), required="the highest student number on this host", doc="the highest"
 )
 BASESTDID: Key[int] = _key("BASESTDID", Integer(0), 0, "the app's id of student N is N + BASESTDID")
-WORKERS: Key[int] = _key("WORKERS", Integer(1, 256), 8, "jobs run in parallel")
+WORKERS: Key[int] = _key("WORKERS", Integer(1, 256), 64, "jobs run in parallel")
+HOOKSLOTS: Key[int | None] = _key(
+    "HOOKSLOTS", Integer(1, 256), None, "workshop scripts and playbooks run at once; absent: one per core"
+)
 RETRYFOR: Key[float] = _key("RETRYFOR", _SECONDS, 900.0, "seconds a job retries a transient failure")
 RETRYBACKOFFMAX: Key[float] = _key("RETRYBACKOFFMAX", _SECONDS, 300.0, "longest wait between two tries of a job")
 CALLBACKBACKOFFMAX: Key[float] = _key("CALLBACKBACKOFFMAX", _SECONDS, 300.0, "longest wait between callback tries")

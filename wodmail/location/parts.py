@@ -5,6 +5,7 @@ the builders of the parts whose keys are checked together. Every mistake is a `C
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -75,6 +76,9 @@ class JobSettings:
     nice: int = key_table.JOBSNICE.standard
     app_deadline: float = key_table.APPDEADLINE.standard
     """APPDEADLINE: seconds after its arrival a CREATE must be done by (wodmail.appdeadline)."""
+    hook_slots: int = os.cpu_count() or 1
+    """HOOKSLOTS: how many workshop scripts and playbooks run at once (the other steps of
+    the WORKERS jobs go on meanwhile); default one per core."""
 
 
 @dataclass(frozen=True)

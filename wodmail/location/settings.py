@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -321,6 +322,7 @@ def build(path: Path, revealed: Revealed, original: OriginalSettings | None = No
             callback_backoff_max=checked[key_table.CALLBACKBACKOFFMAX],
             nice=checked[key_table.JOBSNICE],
             app_deadline=checked[key_table.APPDEADLINE],
+            hook_slots=checked[key_table.HOOKSLOTS] or os.cpu_count() or 1,
         ),
         relay=relay_settings(checked),
         metrics=metrics_settings(checked, smtp_port, legacy_port),
