@@ -102,9 +102,10 @@ class Services:
 
     @functools.cached_property
     def hook_slots(self) -> asyncio.Semaphore:
-        """The workshop scripts and playbooks that may run at once (HOOKSLOTS): each is a
-        process of its own (an ansible-playbook takes seconds of CPU and 100 MB), so a burst
-        of WORKERS jobs runs them a core's worth at a time while its other steps go on."""
+        """The workshop scripts, playbooks and shc compilations that may run at once
+        (HOOKSLOTS): each is a process of its own (an ansible-playbook takes seconds of CPU and
+        100 MB), so a burst of WORKERS jobs runs them a core's worth at a time while its other
+        steps go on."""
         return asyncio.Semaphore(self.location.jobs.hook_slots)
 
     async def _run_script(self, script: WorkshopScript, env: Mapping[str, str], clear: Path | None, job: str) -> str:
@@ -180,7 +181,8 @@ class Services:
         folders = [folder for folder in (self.location.scripts.public_dir, self.location.scripts.private_dir) if folder]
         variables = self.template_variables(command, workshop, stdid, password)
         env = self.renderer.text_environment
-        compiled = await compile_scripts(names, folders, variables, env, self.location.state_dir / "run")
+        async with self.hook_slots:  # shc runs the C compiler: a process as heavy as a playbook
+            compiled = await compile_scripts(names, folders, variables, env, self.location.state_dir / "run")
         count = await self.homes.work_in_home(stdid, install_compiled, compiled)
         return f"{count} compiled: {', '.join(script.name for script in compiled)}"
 

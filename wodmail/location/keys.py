@@ -181,7 +181,7 @@ STUDENTMAX: Key[int] = _key(
 BASESTDID: Key[int] = _key("BASESTDID", Integer(0), 0, "the app's id of student N is N + BASESTDID")
 WORKERS: Key[int] = _key("WORKERS", Integer(1, 256), 64, "jobs run in parallel")
 HOOKSLOTS: Key[int | None] = _key(
-    "HOOKSLOTS", Integer(1, 256), None, "workshop scripts and playbooks run at once; absent: one per core"
+    "HOOKSLOTS", Integer(1, 256), None, "scripts, playbooks and shc runs at once; absent: one per core"
 )
 RETRYFOR: Key[float] = _key("RETRYFOR", _SECONDS, 900.0, "seconds a job retries a transient failure")
 RETRYBACKOFFMAX: Key[float] = _key("RETRYBACKOFFMAX", _SECONDS, 300.0, "longest wait between two tries of a job")

@@ -77,7 +77,7 @@ class JobSettings:
     app_deadline: float = key_table.APPDEADLINE.standard
     """APPDEADLINE: seconds after its arrival a CREATE must be done by (wodmail.appdeadline)."""
     hook_slots: int = os.cpu_count() or 1
-    """HOOKSLOTS: how many workshop scripts and playbooks run at once (the other steps of
+    """HOOKSLOTS: how many workshop scripts, playbooks and shc runs go at once (the other steps of
     the WORKERS jobs go on meanwhile); default one per core."""
 
 
