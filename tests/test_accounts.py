@@ -311,6 +311,57 @@ async def test_a_locked_shadow_file_is_a_transient_step_naming_its_holder(host: 
     expect_pam("student7030", password)
 
 
+VIPW = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None)
+assert libc.lckpwdf() == 0
+print("locked", flush=True)
+gone = sys.stdin.readline().strip() + ":"
+for file in ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"):
+    # as vipw and vigr do: a new file with the old one's owner and mode, renamed over it
+    st = os.stat(file)
+    with open(file) as old, open(file + "+", "w") as new:
+        new.writelines(line for line in old if not line.startswith(gone))
+    os.chown(file + "+", st.st_uid, st.st_gid)
+    os.chmod(file + "+", st.st_mode & 0o7777)
+    os.replace(file + "+", file)
+libc.ulckpwdf()
+print("removed", flush=True)
+"""
+
+
+async def test_an_account_removed_while_its_change_waits_fails_alone_in_its_batch(host: HostAccounts) -> None:
+    """An admin deletes student7032 with vipw while its change and student7031's wait for the
+    shadow lock together: chpasswd refuses the whole batch for the one missing user, so each
+    line is written again alone: student7031's password is set, student7032's step fails,
+    naming what chpasswd said."""
+    host.make(7031)
+    host.make(7032)
+    accounts = unix_accounts(host)
+    first, second = new_password(31), new_password(32)
+    with subprocess.Popen(
+        ["/usr/bin/python3", "-c", VIPW], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as admin:
+        assert admin.stdin is not None and admin.stdout is not None
+        assert admin.stdout.readline().strip() == "locked"
+        changes = asyncio.gather(
+            accounts.set_password(7031, first), accounts.set_password(7032, second), return_exceptions=True
+        )
+        await asyncio.sleep(0.5)  # both checked, hashed and waiting for the lock, in one batch
+        admin.stdin.write("student7032\n")
+        admin.stdin.flush()
+        assert admin.stdout.readline().strip() == "removed"
+        done, failed = await changes
+        admin.stdin.close()
+    assert isinstance(done, str) and re.match(r"host password set, chpasswd run [23] of 1 line\(s\)", done), done
+    assert isinstance(failed, StepFailed), failed
+    assert "chpasswd failed (exit 1)" in str(failed) and "student7032" in str(failed), failed
+    assert (accounts.runs, accounts.lines) == (3, 4), failed  # the batch of two, then each alone
+    expect_hash("student7031", first)
+    expect_pam("student7031", first)
+    expect_nowhere(second, str(failed))
+
+
 def test_a_job_waits_out_a_locked_shadow_file_and_ends_done(
     host: HostAccounts, site: Site, app: RegistrationApp, daemon_factory: Callable[..., Daemon]
 ) -> None:
