@@ -175,3 +175,35 @@ def test_an_erase_stopped_deep_down_keeps_what_it_did(student: Identity, opened:
     assert deepest(folder) <= CUT_DEPTH + 3
     assert erase_contents(fd) > 0  # root's pass, as the keeper runs it in the trash
     assert os.listdir(folder) == []
+
+
+def test_a_deep_read_only_chain_is_cut_too(student: Identity, opened: tuple[Path, int]) -> None:
+    """The chain above made read-only by the student (`chmod -R a-w`, from the bottom up):
+    cutting it renames a folder out of a read-only one, which the kernel refuses until the
+    student makes both writable again, through the open inodes. What is left after the
+    student's erase stops at root's folder is still at most CUT_DEPTH deep."""
+    folder, fd = opened
+    os.chown(folder, student.uid, student.gid)
+    levels: list[int] = []
+    with acting_as(student):
+        os.mkdir("chain", dir_fd=fd)
+        levels.append(os.open("chain", DIR_FLAGS, dir_fd=fd))
+        for _ in range(600):
+            os.mkdir("d", dir_fd=levels[-1])
+            levels.append(os.open("d", DIR_FLAGS, dir_fd=levels[-1]))
+    try:
+        os.mkdir("roots", dir_fd=levels[-1])  # as root: the student's erase stops here
+        roots = os.open("roots", DIR_FLAGS, dir_fd=levels[-1])
+        os.close(os.open("key", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=roots))
+        os.close(roots)
+        with acting_as(student):
+            for level in reversed(levels):
+                os.fchmod(level, 0o555)
+    finally:
+        for level in levels:
+            os.close(level)
+    with acting_as(student), pytest.raises(PermissionError):
+        erase_contents(fd)
+    assert deepest(folder) <= CUT_DEPTH + 3
+    assert erase_contents(fd) > 0  # root's pass, as the keeper runs it in the trash
+    assert os.listdir(folder) == []
