@@ -103,6 +103,11 @@ def _set_id_warnings(location: Location, shown: str, mountinfo: str | None) -> l
     places = [(f"STUDENTDIR {location.student_dir}", location.student_dir)] + [
         (folder, Path(folder)) for folder in SHARED_TEMP if folder != "/dev/mqueue" and os.path.isdir(folder)
     ]
+    if mountinfo is None:  # read once for every place
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return []
     honoured: dict[str, list[str]] = {}  # mount point: the places on it
     for name, folder in places:
         mount_point, _kind, options = mount_of(folder, mountinfo)
