@@ -2,7 +2,7 @@
 
 A verb hands its step journal an action and its arguments (`job.step(name, action, *args)`).
 `StepPlanner.describe` looks the action up (the services' methods: `Services.set_password`,
-`Services.deploy`, `Hub.start`, `Services._run_script`, ...) and says what it would do with
+`Services.deploy`, `Hub.start`, `Services.run_script`, ...) and says what it would do with
 those arguments, from the location, the catalog and the host's accounts, read only. It
 gives the verb what the step would return where the verb decides on it (a script count, the
 completion, an id the app gives: `Later`). A step it can tell would fail (a template that
@@ -365,7 +365,7 @@ _DESCRIBERS: dict[object, Describer] = {
     Homes.end_processes_of: StepPlanner._end_processes_of,
     Services.reset_home: StepPlanner._reset_home,
     Services.compile_scripts: StepPlanner._compile_scripts,
-    Services._run_script: StepPlanner._run_script,
+    Services.run_script: StepPlanner._run_script,
     Services._script_workshop_id: StepPlanner._script_workshop_id,  # the step run_scripts asks for
     Services.find_workshop_id: StepPlanner._find_workshop_id,
     Services.deploy: StepPlanner._deploy,

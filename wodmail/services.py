@@ -108,7 +108,8 @@ class Services:
         steps go on."""
         return asyncio.Semaphore(self.location.jobs.hook_slots)
 
-    async def _run_script(self, script: WorkshopScript, env: Mapping[str, str], clear: Path | None, job: str) -> str:
+    async def run_script(self, script: WorkshopScript, env: Mapping[str, str], clear: Path | None, job: str) -> str:
+        """One workshop script, once a hook slot is free: a step's action (PLAN describes it)."""
         async with self.hook_slots:
             return await self.scripts.run(script, env, clear, job)
 
@@ -128,7 +129,7 @@ class Services:
         for number, script in enumerate(found):
             first_clear = clear if number == 0 else None
             await job.step(
-                script.step + suffix, self._run_script, script, env, first_clear, f"job {job.id}", on_disk=True
+                script.step + suffix, self.run_script, script, env, first_clear, f"job {job.id}", on_disk=True
             )
         return len(found)
 
