@@ -16,9 +16,11 @@ On one machine, all on loopback, in one run:
 It reports the intake rate (250s per second, each after an fsync'd commit) and its ratio to
 the bare listener, the end-to-end rate (commands per second until every callback arrived),
 p50/p95/p99 from each 250 to that command's last callback, the daemon's CPU seconds per
-command (user + system, from /proc), its peak RSS, the LDAP and HTTP connections it
-opened, and the CPU per CREATE of the ansible path against wodmail's. A table on stdout,
-the same figures as JSON with --json. Not a test: nothing here asserts a time.
+command (user + system, from /proc), the whole machine's (and, on a virtual machine, the
+share of the cores its hypervisor gave to other guests meanwhile: steal, which makes one
+run's rates differ from the next's), its peak RSS, the LDAP and HTTP connections it opened,
+and the CPU per CREATE of the ansible path against wodmail's. A table on stdout, the same
+figures as JSON with --json. Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -179,14 +181,16 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return doors / TICKS, others / TICKS
 
 
-def machine_busy_seconds() -> float:
-    """CPU time the whole machine has spent busy so far, over all cores (/proc/stat: every
-    state but idle and iowait): the daemon, slapd, the shadow tools, this benchmark's own
-    client and stand-ins, and the kernel's work for all of them."""
+def machine_busy_seconds() -> tuple[float, float]:
+    """CPU time the whole machine has spent busy so far, over all cores (/proc/stat: user,
+    nice, system, irq, softirq): the daemon, slapd, the shadow tools, this benchmark's own
+    client and stand-ins, and the kernel's work for all of them; and apart, the time the
+    hypervisor gave to other guests while this one wanted to run (steal), which is no work
+    of ours but leaves less of the cores to it."""
     user, nice, system, _idle, _iowait, irq, softirq, steal = (
         int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     )
-    return (user + nice + system + irq + softirq + steal) / TICKS
+    return (user + nice + system + irq + softirq) / TICKS, steal / TICKS
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -529,11 +533,13 @@ def phase(
     latency = sorted(last[s] - accepted[s] for s in accepted)
     q = statistics.quantiles(latency, n=100, method="inclusive")
     doors_after, jobs_after = cpu_seconds(pid)
-    machine_busy = machine_busy_seconds() - busy_before
+    busy_after = machine_busy_seconds()
+    machine_busy, stolen = (after - before for before, after in zip(busy_before, busy_after, strict=True))
+    elapsed = finished - started
     doors_cpu, jobs_cpu = doors_after - cpu_before[0], jobs_after - cpu_before[1]
     return {
         "intake_per_s": count / intake_seconds,
-        "end_to_end_per_s": count / (finished - started),
+        "end_to_end_per_s": count / elapsed,
         "p50_s": q[49],
         "p95_s": q[94],
         "p99_s": q[98],
@@ -542,6 +548,7 @@ def phase(
         "doors_cpu_ms_per_command": 1000 * doors_cpu / count,
         "jobs_cpu_ms_per_command": 1000 * jobs_cpu / count,
         "machine_cpu_ms_per_command": 1000 * machine_busy / count,
+        "steal_share": stolen / (elapsed * (os.cpu_count() or 1)),
         "steps": step_times(site, verb),
         "password_runs": password_runs(site, verb),
     }
@@ -641,7 +648,10 @@ def machine_split(phase: dict[str, Any]) -> tuple[str, str]:
     """The whole machine's CPU per command, and the rate its cores allow at that cost."""
     ms = phase["machine_cpu_ms_per_command"]
     cores = os.cpu_count() or 1
-    return f"{ms:.2f} ms/command", f"{cores} cores at that cost: at most {cores * 1000 / ms:.0f}/s"
+    ceiling = f"{cores} cores at that cost: at most {cores * 1000 / ms:.0f}/s"
+    if phase["steal_share"] >= 0.005:  # a virtual machine whose host was busy: fewer cores were ours
+        ceiling += f"; the hypervisor took {100 * phase['steal_share']:.0f}% of them"
+    return f"{ms:.2f} ms/command", ceiling
 
 
 def table(report: dict[str, Any]) -> str:
