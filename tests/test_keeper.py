@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import DATA, readable_by_students
 from wodmail.errors import ConfigError
 from wodmail.homes import Homes
+from wodmail.keeperclient import Keeper
 from wodmail.notebooks import MAX_NOTEBOOK_BYTES, completion_percentage
 from wodmail.proctable import ProcessWatch, processes_of
 
@@ -229,7 +230,7 @@ def test_the_keeper_imports_nothing_from_the_folder_it_was_started_in(tmp_path: 
     script = (
         "import asyncio\n"
         "from pathlib import Path\n"
-        "from wodmail.keeper import Keeper\n"
+        "from wodmail.keeperclient import Keeper\n"
         "async def main():\n"
         f"    keeper = Keeper(Path({str(tmp_path / 'trash')!r}))\n"
         "    print(await keeper.end_processes(4242, 4242, 0.1, False))\n"
@@ -248,6 +249,24 @@ def test_the_keeper_imports_nothing_from_the_folder_it_was_started_in(tmp_path: 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(0, 0)"
     assert not marker.exists(), "the keeper imported a module from its working folder"
+
+
+async def test_the_keeper_loads_neither_asyncio_nor_openssl(tmp_path: Path) -> None:
+    """The keeper runs as root beside every jobs process: it stays small (14 MiB resident,
+    where asyncio and OpenSSL made it 22). What it mapped tells what it loaded."""
+    keeper = Keeper(tmp_path / "trash")
+    try:
+        assert await keeper.end_processes(4242, 4242, 0.1, False) == (0, 0)
+        assert keeper._process is not None
+        maps = Path(f"/proc/{keeper._process.pid}/maps").read_text()
+    finally:
+        await keeper.aclose()
+    loaded = {
+        Path(line.split()[-1]).name for line in maps.splitlines() if line.rstrip().endswith(".so") or ".so." in line
+    }
+    assert any(name.startswith("libc.so") for name in loaded), loaded  # the maps were read
+    heavy = sorted(name for name in loaded if name.startswith(("libssl", "libcrypto", "_ssl", "_hashlib", "_asyncio")))
+    assert heavy == [], f"the keeper loaded {heavy}"
 
 
 async def test_a_process_whose_leader_left_is_still_ended(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 
 __all__ = ["TreeChanged", "erase_contents", "remove_entry", "remove_what_it_can"]
@@ -119,7 +118,7 @@ def _cut(folder: int, name: str, top: int) -> bool:
     False if it may not be moved (then the erase goes down into it, as without the cut).
     Moving a folder rewrites its "..": it and `folder` are made writable by their owner
     first if they are not, as the owner could (through the open inode, never a name)."""
-    piece = f".wodmail-cut-{secrets.token_hex(8)}"
+    piece = f".wodmail-cut-{os.urandom(8).hex()}"  # not secrets: it would load OpenSSL into the keeper
     try:
         os.rename(name, piece, src_dir_fd=folder, dst_dir_fd=top)
         return True

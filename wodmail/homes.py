@@ -50,7 +50,8 @@ from wodmail import faults
 from wodmail.erase import DIR_FLAGS
 from wodmail.errors import ConfigError, StepFailed, TransientError
 from wodmail.identity import Identity, acting_as, as_daemon, can_switch
-from wodmail.keeper import TRASH, Keeper
+from wodmail.keeper import TRASH
+from wodmail.keeperclient import Keeper
 from wodmail.location import HomeSettings, Location
 from wodmail.safefs import READ_FLAGS, copy_new_file
 
