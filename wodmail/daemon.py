@@ -1,14 +1,17 @@
-"""`wodmail serve`: the doors of one location, and the jobs process beside them.
+"""`wodmail serve`: the doors of one location, the callbacks' outbox, and the jobs process beside them.
 
 Start-up: load the location (a configuration error stops here, one line saying why), check
 every setting the jobs will need, take the STATEDIR lock (one daemon per state), remove what
 a crash left half-made there and make the password key (durably) on first use, start the
 jobs process (wodmail/jobs.py: it puts interrupted jobs back on the queue and runs them),
-then open the doors. This process only answers mail: parse, check, commit, answer, and
-wake the jobs process.
+then open the doors. This process answers mail (parse, check, commit, answer, and wake the
+jobs process) and, with APIENDPOINT, delivers the callbacks the jobs queue (wodmail.outbox:
+the jobs process says when there are new ones): at most 16 small requests at once, beside
+the doors, on the core the jobs process leaves.
 
 SIGTERM / SIGINT: close the doors, let commits in flight finish, then stop the jobs
-process (running jobs get a grace period, the rest are handed back), exit.
+process (running jobs get a grace period, the rest are handed back), give the callbacks in
+flight 5 s, exit.
 
 The doors: SMTPPORT (standard), LEGACYPORT (the registration app's crude client), and the
 admin socket STATEDIR/admin.sock (root and wodmail's own user: `wodmail send`). On a host
@@ -40,9 +43,12 @@ from wodmail.jobs import STOP_GRACE, JobsProcess
 from wodmail.legacy import LegacyLimits, LegacyPolicy, drain, start_legacy_server
 from wodmail.location import Location
 from wodmail.notify import Notifier
+from wodmail.outbox import DOORS_QUIET, Outbox
 from wodmail.passwords import PasswordMint, remove_temporaries
 from wodmail.peers import HostPeers
+from wodmail.regapp import RegistrationApp
 from wodmail.smtp import SmtpLimits, SmtpSecurity, start_smtp_server
+from wodmail.transport import HttpClient
 from wodmail.trust import shared_host_warnings
 from wodmail.wiring import check_settings
 
@@ -198,6 +204,75 @@ async def start_metrics(
     return metrics
 
 
+class Callbacks:
+    """The outbox (wodmail.outbox), in this process: its own writer (so that FREESPACEFLOOR,
+    which refuses mail, never keeps a delivery from being recorded) and its own HTTP client.
+    It yields to the doors while they take commands (wodmail.outbox.DOORS_QUIET)."""
+
+    def __init__(self, location: Location, db_path: Path) -> None:
+        self._client = HttpClient(max_per_origin=32, timeout=30.0, connect_timeout=10.0)
+        assert location.api_endpoint
+        app = RegistrationApp(location.api_endpoint, location.api_user or "", location.api_password or "", self._client)
+        self._writer = queue.Writer(db_path)
+        mint = PasswordMint.for_state_dir(location.state_dir)
+        self.outbox = Outbox(
+            db_path,
+            self._writer,
+            app,
+            mint,
+            backoff_cap=location.jobs.callback_backoff_max,
+            doors_busy=self.doors_busy,
+        )
+        self._took_command = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._quiescing: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_location(cls, location: Location, db_path: Path) -> Callbacks | None:
+        """The outbox of `location`, or None without APIENDPOINT (no callback is queued)."""
+        if not location.api_endpoint:
+            return None
+        import aiohttp  # noqa: F401 - now, not on the first callback: 0.25 s that would hold the doors' loop
+
+        return cls(location, db_path)
+
+    def took_command(self) -> None:
+        """The doors committed a command."""
+        self._took_command = time.monotonic()
+
+    def doors_busy(self) -> bool:
+        return time.monotonic() - self._took_command < DOORS_QUIET
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.outbox.run(), name="outbox")
+
+    def quiesce(self, jobs: JobsProcess) -> None:
+        """A crash point in the jobs process waits: pause, and say so once nothing is in flight."""
+
+        async def pause() -> None:
+            self.outbox.pause()
+            await self.outbox.wait_idle()
+            jobs.outbox_idle()
+
+        if self._quiescing is None:
+            self._quiescing = asyncio.create_task(pause(), name="outbox-quiesce")
+
+    async def aclose(self) -> None:
+        """Give the callbacks in flight 5 s, then stop (the next start sends what is left)."""
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self.outbox.wait_idle(), timeout=5)
+            except TimeoutError:
+                log.warning("callbacks still in flight after 5 s: stopping without them")
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._quiescing is not None:
+            self._quiescing.cancel()
+        self.outbox.close()
+        self._writer.close()
+        await self._client.aclose()
+
+
 def remove_half_made(state_dir: Path) -> None:
     """Remove what a crash (or a power cut) left half-made in STATEDIR, under the lock, before
     anything else runs: the temporary files of a password key being made. (The hooks' run
@@ -217,18 +292,34 @@ async def _serve(
 ) -> None:
     budget = ConnectionBudget.from_location(location)  # one for both doors
     writer = queue.Writer(db_path, floor=location.free_space_floor)
-    jobs = JobsProcess(location, keep_fds=(lock_fd,))
+    callbacks = Callbacks.from_location(location, db_path)
+    jobs = JobsProcess(
+        location,
+        keep_fds=(lock_fd,),
+        on_callbacks=callbacks.outbox.wake if callbacks is not None else None,
+        on_quiesce=(lambda: callbacks.quiesce(jobs)) if callbacks is not None else None,
+    )
     host_peers = HostPeers()
+
+    def took_command(job_id: int) -> None:
+        jobs.wake(job_id)
+        if callbacks is not None:
+            callbacks.took_command()
+
     try:
-        intake = CommandIntake(location, writer, on_enqueued=jobs.wake, peers=host_peers)
+        intake = CommandIntake(location, writer, on_enqueued=took_command, peers=host_peers)
     except ConfigError:
         writer.close()
+        if callbacks is not None:
+            await callbacks.aclose()
         raise
     # Once every setting is known good (a configuration error is one line and nothing else).
     for warning in shared_host_warnings(location):
         log.warning("%s", warning)
     await jobs.start()
     watcher = asyncio.create_task(jobs.watch(), name="jobs-watch")
+    if callbacks is not None:
+        callbacks.start()
     supervisor: asyncio.Task[None] | None = None
     servers: list[Listener] = []
     legacy_server = None
@@ -294,6 +385,8 @@ async def _serve(
         await jobs.stop(STOP_GRACE + 10)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+        if callbacks is not None:
+            await callbacks.aclose()
         writer.close()
         host_peers.close()
         log.info("stopped")

@@ -1,20 +1,25 @@
-"""The jobs process: the worker and the callback outbox, beside the doors' process.
+"""The jobs process: the worker, beside the doors' process.
 
 `wodmail serve` runs two processes. The first holds the doors: it answers mail and commits
-commands, nothing else, so a burst of registrations is answered at the speed of the disk
-whatever the jobs cost. It starts this second one (`wodmail jobs-process`, not for
-operators), which runs the jobs, delivers the callbacks and, with RELAYHOST, passes the
-app's mails for people to the site's MTA (wodmail.relay), at a lower CPU priority
-(JOBSNICE, default 10, and the kernel's batch policy): on a busy host the mail is answered
-first and the jobs catch up.
-Two processes also put both cores of a small Jupyter host to work.
+commands, so a burst of registrations is answered at the speed of the disk whatever the
+jobs cost, and it delivers the callbacks the jobs queue (wodmail.outbox). It starts this
+second one (`wodmail jobs-process`, not for operators), which runs the jobs and, with
+RELAYHOST, passes the app's mails for people to the site's MTA (wodmail.relay), at a lower
+CPU priority (JOBSNICE, default 10, and the kernel's batch policy): on a busy host the mail
+is answered first and the jobs catch up.
+Two processes also put both cores of a small Jupyter host to work: in a burst the jobs'
+event loop is the busiest thing on the host, and the callbacks' HTTP (a fifth of its work
+when it ran here) goes on beside it, in the doors' process, which is idle once the burst
+is in. A third process for the callbacks did as well, and cost 30 MiB more.
 
-The two share the queue database (SQLite serialises their writes) and one pipe: the doors
-write a byte on it after each commit, which wakes the worker at once (it also polls, for
-`wodmail deliver`). If the doors' process dies, even by SIGKILL, the kernel kills this
-one too (PR_SET_PDEATHSIG), so a restarted daemon never meets a worker left running.
-If this one dies, the doors' process starts it again; the jobs it was running go back on
-the queue, and a job that keeps killing it is set aside after MAX_CRASHES.
+The two share the queue database (SQLite serialises their writes) and two pipes. The doors
+write a byte on one after each commit, which wakes the worker at once (it also polls, for
+`wodmail deliver`). On the other this process reports: READY, a HEARTBEAT every second,
+and CALLBACKS after a job queued some, which wakes the doors' outbox.
+If the doors' process dies, even by SIGKILL, the kernel kills this one too
+(PR_SET_PDEATHSIG), so a restarted daemon never meets a worker left running. If this one
+dies, the doors' process starts it again; the jobs it was running go back on the queue,
+and a job that keeps killing it is set aside after MAX_CRASHES.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from wodmail import faults, queue
@@ -36,7 +42,6 @@ from wodmail.erase import DIR_FLAGS, erase_contents
 from wodmail.errors import TryLater
 from wodmail.figures import JobFigures
 from wodmail.location import Location
-from wodmail.outbox import Outbox
 from wodmail.passwords import PasswordMint
 from wodmail.relay import MailRelay
 from wodmail.replies import Replier
@@ -101,8 +106,8 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
                 replier.wake()
 
         outbox = None
-        if app is not None:
-            outbox = Outbox(db_path, writer, app, mint, backoff_cap=location.jobs.callback_backoff_max)
+        if app is not None and report_fd is not None:
+            outbox = DoorsOutbox(report_fd)
             faults.quiesce.append(outbox)
         # Counted only when the metrics are served (METRICSPORT): wodmail.figures.
         figures = JobFigures.resume(location.state_dir) if location.metrics.port is not None else None
@@ -115,7 +120,7 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
             concurrency=location.workers,
             retry_for=location.jobs.retry_for,
             backoff_cap=location.jobs.retry_backoff_max,
-            on_callbacks=outbox.wake if outbox is not None else None,
+            on_callbacks=outbox.queued if outbox is not None else None,
             on_end=job_ended,
             figures=figures,
         )
@@ -128,6 +133,8 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
             except BlockingIOError:
                 return
             if data:
+                if OUTBOX_IDLE in data and outbox is not None:
+                    outbox.quiet()
                 worker.wake()
                 if relay is not None:
                     relay.wake()
@@ -153,8 +160,6 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
             replier = Replier(db_path, writer, location, relay.wake)
             tasks.append(asyncio.create_task(replier.run(), name="replies"))
         tasks.append(asyncio.create_task(keep_tidy(writer, location), name="retention"))
-        if outbox is not None:
-            tasks.append(asyncio.create_task(outbox.run(), name="outbox"))
         if figures is not None:
             tasks.append(asyncio.create_task(figures.publish_every(location.state_dir), name="figures"))
         log.info(
@@ -174,11 +179,6 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
         finally:
             loop.remove_reader(wake_fd)
             await worker.stop(STOP_GRACE)
-            if outbox is not None:
-                try:
-                    await asyncio.wait_for(outbox.wait_idle(), timeout=5)
-                except TimeoutError:  # still pending in the queue: the next start sends them
-                    log.warning("callbacks still in flight after 5 s: stopping without them")
             if relay is not None:
                 try:
                     await asyncio.wait_for(relay.wait_idle(), timeout=5)
@@ -192,8 +192,6 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
             if replier is not None:
                 replier.close()
             services.desk().close()
-            if outbox is not None:
-                outbox.close()
             if directory is not None:
                 await directory.aclose()
             await services.homes.keeper.aclose()
@@ -258,8 +256,11 @@ async def keep_tidy(writer: queue.Writer, location: Location) -> None:
         await asyncio.sleep(TIDY_INTERVAL)
 
 
-#: What the jobs process writes on its report pipe.
-READY, HEARTBEAT = b"R", b"."
+#: What the jobs process writes on its report pipe: it recovered the queue, its loop runs,
+#: a job queued callbacks, a crash point waits for the outbox to be idle (wodmail.faults).
+READY, HEARTBEAT, CALLBACKS, QUIESCE = b"R", b".", b"C", b"Q"
+#: What the doors write on the wake pipe, besides a wake: their outbox is idle and paused.
+OUTBOX_IDLE = b"I"
 #: Seconds between heartbeats.
 HEARTBEAT_INTERVAL = 1.0
 
@@ -280,12 +281,53 @@ async def report_to_parent(report_fd: int) -> None:
         await asyncio.sleep(HEARTBEAT_INTERVAL)
 
 
+class DoorsOutbox:
+    """This process's side of the outbox, which runs in the doors' process: tell it that a
+    job queued callbacks; for a crash point, have it pause and wait until it is idle."""
+
+    def __init__(self, report_fd: int) -> None:
+        self._report_fd = report_fd
+        os.set_blocking(report_fd, False)
+        self._quiet = asyncio.Event()
+
+    def queued(self) -> None:
+        self._say(CALLBACKS)
+
+    def quiet(self) -> None:
+        """The doors said their outbox is paused and idle."""
+        self._quiet.set()
+
+    @property
+    def idle(self) -> bool:
+        return self._quiet.is_set()
+
+    async def wait_idle(self) -> None:
+        self._say(QUIESCE)
+        await self._quiet.wait()
+
+    def _say(self, what: bytes) -> None:
+        # A full pipe holds bytes the doors have not read yet: they read them, and their
+        # outbox reads the queue, soon; and it reads every pending callback every few seconds.
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(self._report_fd, what)
+
+
 class JobsProcess:
     """The doors' side: start the jobs process, wake it, restart it if it dies, stop it."""
 
-    def __init__(self, location: Location, keep_fds: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        location: Location,
+        keep_fds: tuple[int, ...],
+        on_callbacks: Callable[[], None] | None = None,
+        on_quiesce: Callable[[], None] | None = None,
+    ) -> None:
         self.location = location
         self.keep_fds = keep_fds
+        self.on_callbacks = on_callbacks
+        """Called when the jobs process says a job queued callbacks (it wakes the outbox)."""
+        self.on_quiesce = on_quiesce
+        """Called when a crash point asks for the outbox to be paused and idle (faults)."""
         self.process: asyncio.subprocess.Process | None = None
         self._wake_w: int | None = None
         self._report_r: int | None = None
@@ -344,6 +386,10 @@ class JobsProcess:
         self._heard_at = time.monotonic()
         if READY in data:
             self.recovered.set()
+        if CALLBACKS in data and self.on_callbacks is not None:
+            self.on_callbacks()
+        if QUIESCE in data and self.on_quiesce is not None:
+            self.on_quiesce()
 
     def _close_report(self) -> None:
         if self._report_r is not None:
@@ -362,10 +408,17 @@ class JobsProcess:
         return time.monotonic() - last < within
 
     def wake(self, _job_id: int | None = None) -> None:
+        self._say(b"!")
+
+    def outbox_idle(self) -> None:
+        """Tell the jobs process the outbox is paused and idle (its crash point may fire)."""
+        self._say(OUTBOX_IDLE)
+
+    def _say(self, what: bytes) -> None:
         if self._wake_w is None:
             return
         with contextlib.suppress(BlockingIOError, BrokenPipeError):
-            os.write(self._wake_w, b"!")
+            os.write(self._wake_w, what)
 
     async def watch(self) -> None:
         """Restart the jobs process whenever it dies, with a growing pause."""

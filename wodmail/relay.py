@@ -8,7 +8,7 @@ from a peer allowed to send commands there (LEGACYPEERS on the legacy door; TRUS
 TRUSTEDSENDERS, or SMTP AUTH, on the standard door): it commits it to the queue's relay
 table and answers 250 only then. Without RELAYHOST it is refused as any non-command mail.
 
-`MailRelay` runs in the jobs process (wodmail.jobs) beside the worker and the outbox: it
+`MailRelay` runs in the jobs process (wodmail.jobs) beside the worker: it
 passes each such mail to the site's MTA at RELAYHOST with Python's smtplib (in a thread),
 the envelope as it was given (MAIL FROM, every RCPT TO), the content as it was received
 with one trace header (`Received:`) on top. A try that fails for a reason that may pass

@@ -52,7 +52,7 @@ from wodmail.httpanswer import (
     TransportError,
 )
 
-if TYPE_CHECKING:  # imported where used: the doors' process, which sends no HTTP, never loads them
+if TYPE_CHECKING:  # imported where used: the doors' process loads them only with APIENDPOINT (its outbox)
     import aiohttp
     from yarl import URL
 
