@@ -445,6 +445,8 @@ def test_the_daemon_deploys_warns_accepts_any_email_and_counts_as_the_original(
     code, reply = daemon.send("CLEANUP 1 c1", "WKSHP-Copy")
     assert code == 250, reply
     site.wait_jobs(4, timeout=60)
+    # a job is done once its callbacks are queued; the outbox (in the doors' process) sends them
+    assert app.wait_for(lambda a: any("cleaned" in call.body for call in a.puts("/customer/c1")))
     completion = [call.body for call in app.puts("/customer/c1") if "completionPercentage" in call.body]
     # 1-Lab: 10 of 15 lines; 2-Broken and 0-ReadMeFirst hold none: 66
     assert completion == [{"completionPercentage": "66"}]
