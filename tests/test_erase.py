@@ -164,17 +164,10 @@ def test_an_erase_stopped_deep_down_keeps_what_it_did(student: Identity, opened:
             os.close(level)
             level = inner
     try:
-        os.mkdir("roots", dir_fd=level)  # as root: the student's erase stops here
-        roots = os.open("roots", DIR_FLAGS, dir_fd=level)
-        os.close(os.open("key", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=roots))
-        os.close(roots)
+        plant_roots_folder(level)
     finally:
         os.close(level)
-    with acting_as(student), pytest.raises(PermissionError):
-        erase_contents(fd)
-    assert deepest(folder) <= CUT_DEPTH + 3
-    assert erase_contents(fd) > 0  # root's pass, as the keeper runs it in the trash
-    assert os.listdir(folder) == []
+    assert_cut_then_erased(student, folder, fd)
 
 
 def test_a_deep_read_only_chain_is_cut_too(student: Identity, opened: tuple[Path, int]) -> None:
@@ -192,18 +185,30 @@ def test_a_deep_read_only_chain_is_cut_too(student: Identity, opened: tuple[Path
             os.mkdir("d", dir_fd=levels[-1])
             levels.append(os.open("d", DIR_FLAGS, dir_fd=levels[-1]))
     try:
-        os.mkdir("roots", dir_fd=levels[-1])  # as root: the student's erase stops here
-        roots = os.open("roots", DIR_FLAGS, dir_fd=levels[-1])
-        os.close(os.open("key", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=roots))
-        os.close(roots)
+        plant_roots_folder(levels[-1])
         with acting_as(student):
             for level in reversed(levels):
                 os.fchmod(level, 0o555)
     finally:
         for level in levels:
             os.close(level)
+    assert_cut_then_erased(student, folder, fd)
+
+
+def plant_roots_folder(level: int) -> None:
+    """As root, at the bottom of a student's chain: a folder with a file the student's erase
+    cannot remove, where it stops."""
+    os.mkdir("roots", dir_fd=level)
+    roots = os.open("roots", DIR_FLAGS, dir_fd=level)
+    os.close(os.open("key", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=roots))
+    os.close(roots)
+
+
+def assert_cut_then_erased(student: Identity, folder: Path, fd: int) -> None:
+    """The student's erase stops at root's folder having cut the chain to at most CUT_DEPTH;
+    root's pass (the keeper's, in the trash) removes the rest."""
     with acting_as(student), pytest.raises(PermissionError):
         erase_contents(fd)
     assert deepest(folder) <= CUT_DEPTH + 3
-    assert erase_contents(fd) > 0  # root's pass, as the keeper runs it in the trash
+    assert erase_contents(fd) > 0
     assert os.listdir(folder) == []
