@@ -303,7 +303,10 @@ class TrashEmptier(threading.Thread):
                 log.warning("cannot empty %s: %s", self.trash, exc)
 
     def empty(self) -> None:
-        trash = os.open(self.trash, DIR_FLAGS)
+        try:
+            trash = os.open(self.trash, DIR_FLAGS)
+        except FileNotFoundError:  # no home erased yet: the jobs process makes it with the first
+            return
         try:
             for name in os.listdir(trash):
                 started = time.monotonic()
@@ -360,6 +363,7 @@ def main(argv: list[str]) -> int:
     emptier = TrashEmptier(Path(argv[0]))
     emptier.start()
     watch = ProcessWatch()
+    watch.table()  # /proc read now, not at the first request
     lock = threading.Lock()
 
     def answer(reply: dict[str, Any]) -> None:
