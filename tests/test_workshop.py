@@ -6,10 +6,14 @@ it shows; the shipped samples are templates/workshops/WKSHP-Sample and WKSHP-Sam
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shutil
 import stat
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,12 +23,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from tests.conftest import Daemon, Site
 from wodmail.compiled import CompiledWorkshop
 from wodmail.errors import StepFailed
 from wodmail.identity import Identity, acting_as
+from wodmail.location import load_location
 from wodmail.notebooks import _count_code_cells, _count_code_cells_slowly, completion_percentage
 from wodmail.rendering import render_context
 from wodmail.resources import product_path
+from wodmail.transport import HttpClient
+from wodmail.wiring import build_services
 from wodmail.workshop import Renderer, content_name
 
 DATA = Path(__file__).parent / "data" / "workshops"
@@ -401,6 +409,65 @@ def test_templates_are_compiled_once_and_reused_for_every_student(home: Path, mo
         assert all(again.templates[path] is template for path, template in templates.items())
 
     assert len(compiles) == 4
+
+
+async def test_a_burst_waits_for_one_compile_made_beside_the_event_loop(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs of a burst that need a workshop not compiled yet all wait for one compile, made
+    in a thread: a cold compile takes 0.1-0.3 s of Jinja, during which, on the event loop,
+    every other job stood still."""
+    compiled_in: list[int] = []
+    original = ImmutableSandboxedEnvironment.compile
+
+    def recording_compile(self: Any, *args: Any, **kw: Any) -> Any:
+        compiled_in.append(threading.get_ident())
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(ImmutableSandboxedEnvironment, "compile", recording_compile)
+    shutil.copytree(SHIPPED / "WKSHP-Sample", tmp_path / "catalog" / "WKSHP-Sample")
+    site.values["WORKSHOPDIR"] = str(tmp_path / "catalog")
+    site.workshops = {"WKSHP-Sample": {"range": [1, 99]}}
+    location = load_location(site.write())
+    client = HttpClient(timeout=10.0)
+    services, _ = build_services(location, client)
+    workshop = location.workshops["WKSHP-Sample"]
+    try:
+        results = await asyncio.gather(*(services.compiled(workshop) for _ in range(50)))
+        assert all(result is results[0] for result in results)
+        assert len(compiled_in) == len(results[0].templates) == 4  # each template once
+        assert threading.get_ident() not in compiled_in  # never on the event loop's thread
+        assert await services.compiled(workshop) is results[0]  # from the cache, now
+        assert len(compiled_in) == 4
+    finally:
+        await services.homes.keeper.aclose()
+        await client.aclose()
+
+
+def test_the_daemon_compiles_its_workshops_at_start_and_names_one_that_cannot_be_deployed(
+    site: Site, tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """The jobs process compiles the location's workshops when it starts, before any command:
+    the first CREATEs of a burst find them ready, and a template error is in the log at once."""
+    catalog = tmp_path / "catalog"
+    shutil.copytree(SHIPPED / "WKSHP-Sample", catalog / "WKSHP-Sample")
+    shutil.copytree(SHIPPED / "WKSHP-Sample", catalog / "WKSHP-Broken")
+    (catalog / "WKSHP-Broken" / "broken.ipynb").write_text('{"cells": [], "x": "{{ STUDENT "}')
+    site.values["WORKSHOPDIR"] = str(catalog)
+    site.workshops = {"WKSHP-Sample": {"range": [1, 99]}, "WKSHP-Broken": {"range": [100, 199]}}
+    daemon = daemon_factory()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        log = daemon.log.read_text(errors="replace")
+        if "compiled workshop WKSHP-Sample" in log and "WKSHP-Broken cannot be deployed" in log:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"no compile at start in the log:\n{log[-3000:]}")
+    assert "broken.ipynb" in log.split("WKSHP-Broken cannot be deployed", 1)[1].splitlines()[0]
+    assert "cannot empty" not in log  # no home erased yet, so no trash: nothing to say
+    with contextlib.closing(site.db()) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
 
 
 def test_a_change_in_the_catalog_is_picked_up_at_most_once_a_second(home: Path, catalog: Callable[[str], Path]) -> None:

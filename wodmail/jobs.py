@@ -160,6 +160,7 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
             replier = Replier(db_path, writer, location, relay.wake)
             tasks.append(asyncio.create_task(replier.run(), name="replies"))
         tasks.append(asyncio.create_task(keep_tidy(writer, location), name="retention"))
+        tasks.append(asyncio.create_task(services.compile_catalog(), name="catalog"))
         if figures is not None:
             tasks.append(asyncio.create_task(figures.publish_every(location.state_dir), name="figures"))
         log.info(
@@ -170,8 +171,15 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
         )
         if why := services.homes.not_durable():
             log.warning("steps are recorded after a flush, but %s", why)
-        if services.homes.trash.exists():  # homes a crash left set aside: the keeper erases them
-            await services.homes.keeper.empty_trash()
+        # The keeper starts with the jobs process, not at a burst's first request (its start
+        # held the first 64 CREATEs of a burst 0.4 s); homes a crash left set aside in the
+        # trash are erased at once.
+        try:
+            await services.homes.keeper.start()
+            if services.homes.trash.exists():
+                await services.homes.keeper.empty_trash()
+        except OSError as exc:  # the first request tries again
+            log.error("cannot start the keeper (%s): it is started again at the first job that needs it", exc)
         if report_fd is not None:
             tasks.append(asyncio.create_task(report_to_parent(report_fd), name="heartbeat"))
         try:

@@ -107,15 +107,10 @@ class Renderer:
         """
         key = os.path.abspath(content)
         with self._lock:
+            found = self._current(key)
+            if found is not None:
+                return found
             now = self._clock()
-            entry = self._cache.get(key)
-            if entry is not None:
-                if now - entry.checked_at < self._recheck_seconds:
-                    return entry.workshop
-                if entry.workshop.unchanged_on_disk():
-                    entry.checked_at = now
-                    return entry.workshop
-                del self._cache[key]
             started = time.perf_counter()
             private = self._private_dir is not None and os.path.dirname(key) == self._private_dir
             compiled = compile_workshop(
@@ -137,6 +132,25 @@ class Renderer:
                 log.warning("%s", warning)
             self._cache[key] = _CacheEntry(compiled, now)
             return compiled
+
+    def current(self, content: Path) -> CompiledWorkshop | None:
+        """The compiled workshop of `content` when the cache holds it and it is current (what
+        `workshop` returns without compiling); None when `workshop` would compile it."""
+        with self._lock:
+            return self._current(os.path.abspath(content))
+
+    def _current(self, key: str) -> CompiledWorkshop | None:
+        now = self._clock()
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        if now - entry.checked_at < self._recheck_seconds:
+            return entry.workshop
+        if entry.workshop.unchanged_on_disk():
+            entry.checked_at = now
+            return entry.workshop
+        del self._cache[key]
+        return None
 
     @property
     def text_environment(self) -> ImmutableSandboxedEnvironment:
