@@ -384,6 +384,33 @@ def test_a_job_waits_out_a_locked_shadow_file_and_ends_done(
     expect_pam("student7031", wait_new_password(app, 7031, None))
 
 
+def test_the_create_scripts_run_once_the_new_password_is_set(
+    host: HostAccounts, site: Site, app: RegistrationApp, daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A site's create script may use the student's account as the original let it (it ran
+    after chpasswd): it runs once the new password is set, even while that waits for an
+    admin's passwd to let go of /etc/shadow."""
+    host.make(7035)
+    use_accounts(site, host, app)
+    scripts, seen = tmp_path / "scripts", tmp_path / "seen"
+    scripts.mkdir()
+    seen.mkdir(mode=0o700)
+    script = scripts / "create-WKSHP-Sample.sh"
+    script.write_text(f'#!/bin/bash\ngetent shadow "student$stdid" | cut -d: -f2 > {seen}/hash\n')
+    script.chmod(0o755)
+    site.values["SCRIPTDIR"] = str(scripts)
+    daemon = daemon_factory()
+    with shadow_locked():
+        code, reply = daemon.send("CREATE 7035 c7035")
+        assert code == 250, reply
+        time.sleep(1.0)
+    (job,) = site.wait_jobs(1, timeout=60)
+    assert job[3] == "done", (job, step_errors(site))
+    password = wait_new_password(app, 7035, None)
+    if not crypt_matches(password, (seen / "hash").read_text().strip()):
+        pytest.fail("the create script ran before the new password was set", pytrace=False)
+
+
 #: The hundred accounts of the two bursts (in process, then through the daemon), made once for
 #: the module: a useradd and a userdel take 0.1 s each, 20 s for a hundred of each.
 BURST = range(7101, 7201)
