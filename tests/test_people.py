@@ -144,6 +144,9 @@ def test_signed_commands_get_one_reply_each_with_their_steps_and_no_password(
         for step in ("set password", "reset home", "deploy workshop", "report to registration app"):
             assert f"done   {step} (" in body, step
         assert "PUT /student/1005 {'password': '********'}" in body
+        # A reply goes once the job is done, that is once its callbacks are queued: the
+        # outbox (in the doors' process) may deliver them a moment later.
+        assert app.wait_for(lambda a: "password" in a.state()["student"].get("1005", {}))
         password = app.state()["student"]["1005"]["password"]
         leaked = password in body
         assert not leaked, "the reply holds the student's password"
