@@ -8,6 +8,7 @@ root they fail, they do not skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -15,14 +16,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, readable_by_students
+from tests.conftest import DATA, Daemon, Site, readable_by_students
 from wodmail.errors import ConfigError
 from wodmail.homes import Homes
+from wodmail.keeper import TRASH
 from wodmail.keeperclient import Keeper
 from wodmail.notebooks import MAX_NOTEBOOK_BYTES, completion_percentage
 from wodmail.proctable import ProcessWatch, processes_of
@@ -344,3 +346,24 @@ def test_the_kernels_process_events_keep_the_keepers_table_true(
             assert processes_of(a.pw_uid, None, watch.table()) == [], "the watch kept processes that ended"
         finally:
             watch.close()
+
+
+def test_homes_a_crash_left_in_the_trash_are_erased_when_the_daemon_starts(
+    site: Site, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """A crash between setting a home aside and erasing it leaves it in the trash: the keeper,
+    started with the jobs process, erases it at once, before any command."""
+    trash = site.student_dir / TRASH
+    left = trash / "student7-1a2b"
+    (left / "notes" / "deep").mkdir(parents=True)
+    site.student_dir.chmod(0o755)
+    trash.chmod(0o700)
+    for number in range(50):
+        (left / "notes" / "deep" / f"{number}.txt").write_text("work\n")
+    daemon_factory()
+    deadline = time.monotonic() + 30
+    while any(trash.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(trash.iterdir()), sorted(trash.iterdir())
+    with contextlib.closing(site.db()) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)

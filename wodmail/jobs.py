@@ -172,12 +172,10 @@ async def run_jobs(location: Location, wake_fd: int, report_fd: int | None = Non
         if why := services.homes.not_durable():
             log.warning("steps are recorded after a flush, but %s", why)
         # The keeper starts with the jobs process, not at a burst's first request (its start
-        # held the first 64 CREATEs of a burst 0.4 s); homes a crash left set aside in the
-        # trash are erased at once.
+        # held the first 64 CREATEs of a burst 0.4 s). It empties the trash when it starts:
+        # homes a crash left set aside there are erased at once.
         try:
             await services.homes.keeper.start()
-            if services.homes.trash.exists():
-                await services.homes.keeper.empty_trash()
         except OSError as exc:  # the first request tries again
             log.error("cannot start the keeper (%s): it is started again at the first job that needs it", exc)
         if report_fd is not None:
