@@ -34,6 +34,7 @@ import pwd
 import re
 import resource
 import shutil
+import signal
 import smtplib
 import statistics
 import subprocess
@@ -274,12 +275,12 @@ def host_accounts(count: int, homes: Path, wanted: str) -> Iterator[str]:
     made: list[str] = []
     try:
         for name in names:
+            made.append(name)  # before useradd: a run stopped during it still removes the account
             subprocess.run(
                 ["useradd", "-M", "-d", str(homes / name), "-s", "/usr/sbin/nologin", name],
                 check=True,
                 capture_output=True,
             )
-            made.append(name)
         yield (
             f"{count} host accounts: passwords set in /etc/shadow (ACCOUNTS: unix), work in homes as each"
             " student, processes ended as the student"
@@ -714,6 +715,10 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join([head] + [f"  {a:<{width}}  {b:<{value_width}}  {c}" for a, b, c in rows])
 
 
+def _interrupted(number: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(number).name}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000)
@@ -750,6 +755,10 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a location key for the run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    # A run stopped with SIGTERM or SIGHUP (an operator's kill, a closed terminal) unwinds like
+    # Ctrl-C: its daemon is stopped, its host accounts removed and its loop image unmounted.
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _interrupted)
     report = run(args)
     print(table(report))
     if args.json:
