@@ -487,7 +487,9 @@ def users_of(folder: Path) -> list[int]:
             continue
         try:
             links = [os.readlink(f"{entry.path}/cwd")]
-            links += [os.readlink(fd.path) for fd in os.scandir(f"{entry.path}/fd")]
+            # closed even when the process ends mid-listing (readlink of a gone fd raises)
+            with os.scandir(f"{entry.path}/fd") as fds:
+                links += [os.readlink(fd.path) for fd in fds]
         except OSError:
             continue
         if any((link + "/").startswith(inside) for link in links):

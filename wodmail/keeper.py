@@ -177,8 +177,8 @@ def clear_leftovers(accounts: list[Account]) -> list[int]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(pattern.format(name=name))
                 removed[number] += 1
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(_AT_JOBS):
+    with contextlib.suppress(OSError), os.scandir(_AT_JOBS) as entries:
+        for entry in entries:
             if entry.is_file(follow_symlinks=False):
                 owner = index.get(entry.stat(follow_symlinks=False).st_uid)
                 if owner is not None:
