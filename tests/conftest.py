@@ -7,6 +7,7 @@ mail with a real client, look at the homes, the queue and what the stand-ins rec
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import os
 import shutil
@@ -161,6 +162,20 @@ class Site:
                 return jobs
             time.sleep(0.05)
         raise AssertionError(f"jobs did not end in {timeout} s: {[(j[0], j[1], j[2], j[3]) for j in jobs][:20]}")
+
+    def wait_callbacks(self, timeout: float = 20.0) -> None:
+        """Wait until every callback queued so far was delivered. A job ends once its callbacks
+        are queued; the outbox, in the doors' process, delivers them a moment later, so the
+        registration app may not have them yet when `wait_jobs` returns."""
+        deadline = time.monotonic() + timeout
+        waiting = -1
+        while time.monotonic() < deadline:
+            with contextlib.closing(self.db()) as conn:
+                waiting = conn.execute("SELECT COUNT(*) FROM outbox WHERE state != 'delivered'").fetchone()[0]
+            if waiting == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{waiting} callback(s) not delivered in {timeout} s")
 
 
 class Daemon:

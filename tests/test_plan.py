@@ -25,9 +25,8 @@ import pwd
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,21 +91,10 @@ class World:
                 assert code == 250, text
             jobs = self.site.wait_jobs(known + len(commands))
             assert all(job[3] == "done" for job in jobs), jobs
-            with closing(self.site.db()) as conn:
-                waiting = "SELECT COUNT(*) FROM outbox WHERE state != 'delivered'"
-                assert _wait(lambda: conn.execute(waiting).fetchone()[0] == 0), "callbacks still waiting"
+            self.site.wait_callbacks()
         finally:
             assert daemon.stop() == 0, daemon.logs()[-3000:]
         return [job[0] for job in jobs[known:]]
-
-
-def _wait(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture(scope="module")

@@ -342,6 +342,7 @@ def test_create_runs_the_create_scripts_before_rendering_and_post_copy_after(
     assert daemon.send("CREATE 7707 c2", body=MULTI)[0] == 250
     jobs = site.wait_jobs(2)
     assert [job[3] for job in jobs] == ["done", "done"], jobs
+    site.wait_callbacks()  # what the app got is read below
 
     # The order, as the scripts saw it and as the journal recorded it.
     for stdid in (7701, 7707):
