@@ -140,11 +140,11 @@ class Site:
         return sqlite3.connect(self.state_dir / "queue.sqlite3", timeout=30)
 
     def jobs(self) -> list[tuple[Any, ...]]:
-        with self.db() as conn:
+        with contextlib.closing(self.db()) as conn:
             return conn.execute("SELECT id, verb, stdid, state, error FROM jobs ORDER BY id").fetchall()
 
     def refused(self) -> list[tuple[Any, ...]]:
-        with self.db() as conn:
+        with contextlib.closing(self.db()) as conn:
             return conn.execute("SELECT id, door, peer, code, reason, mail FROM refused ORDER BY id").fetchall()
 
     def wait_jobs(

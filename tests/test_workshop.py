@@ -7,7 +7,6 @@ it shows; the shipped samples are templates/workshops/WKSHP-Sample and WKSHP-Sam
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -466,8 +465,7 @@ def test_the_daemon_compiles_its_workshops_at_start_and_names_one_that_cannot_be
         raise AssertionError(f"no compile at start in the log:\n{log[-3000:]}")
     assert "broken.ipynb" in log.split("WKSHP-Broken cannot be deployed", 1)[1].splitlines()[0]
     assert "cannot empty" not in log  # no home erased yet, so no trash: nothing to say
-    with contextlib.closing(site.db()) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+    assert site.jobs() == []
 
 
 def test_a_change_in_the_catalog_is_picked_up_at_most_once_a_second(home: Path, catalog: Callable[[str], Path]) -> None:
